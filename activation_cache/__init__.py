@@ -1,0 +1,16 @@
+"""Where text meets the model: corpora, packing, the harvest loop, the activation store and its readers."""
+
+from .batches import ShuffledBatches
+from .corpus import BUILTIN_PYDOC, CorpusError, CorpusSpec, iter_documents
+from .harvest import HarvestConfig, HarvestError, harvest
+from .hooks import HookError
+from .models import BUILTIN_SMOLLM2, LanguageModel, ModelLoadError, load_model
+from .reader import ActivationStats, ActivationStore, ShardIntegrityError, TokenRecord
+from .store_format import FORMAT_VERSION, Manifest, StoreFormatError
+
+__all__ = [
+    "ActivationStats", "ActivationStore", "BUILTIN_PYDOC", "BUILTIN_SMOLLM2", "CorpusError", "CorpusSpec",
+    "FORMAT_VERSION", "HarvestConfig", "HarvestError", "HookError", "LanguageModel", "Manifest",
+    "ModelLoadError", "ShardIntegrityError", "ShuffledBatches", "StoreFormatError", "TokenRecord",
+    "harvest", "iter_documents", "load_model",
+]

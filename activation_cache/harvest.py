@@ -1,0 +1,376 @@
+"""The harvest loop: text → packed rows → bridged forward pass → shards on disk.
+
+Resumable by construction: shards are fixed-size blocks of rows, the manifest lists only
+shards that are completely written, and each records the packer state after it. Rerunning
+the same command continues from the last listed shard and produces the same bytes an
+uninterrupted run would have (forward batches never straddle a shard, so the numerics of
+every shard are the same whether or not the run was interrupted).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import math
+import os
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from tqdm.auto import tqdm
+
+from .corpus import DEFAULT_DATASET, CorpusSpec, iter_documents
+from .hooks import stop_layer, validate_hooks
+from .models import DEFAULT_MODEL, LanguageModel, load_model, torch_dtype
+from .packing import PackedRows, pack_blocks, pack_rows
+from .reader import ActivationStore
+from .store_format import (
+    DOC_IDS, DOC_POSITIONS, MANIFEST_NAME, SHARD_DIR, STORE_DTYPES, TOKEN_IDS, TOKENIZER_DIR,
+    HookRecord, Manifest, PackerState, read_manifest, write_manifest,
+)
+from .writer import ShardWriter, write_shard_file
+
+LOCK_NAME = ".harvest.lock"
+
+
+class HarvestError(RuntimeError):
+    """The harvest cannot go on as asked; the message says why and what to do."""
+
+
+@dataclass
+class HarvestConfig:
+    """Settings of one harvest. Defaults are the real workflow: Pythia-70m-deduped on Pile-10k.
+
+    ``store_dtype`` defaults to bfloat16: half the disk of float32, and float32's exponent
+    range, so large residual-stream norms (which overflow float16 past 65504) stay finite.
+    Its ~3 significant digits add an error (relative ~0.4% per element, an FVU floor near
+    1e-5) far below any dictionary's reconstruction error.
+    """
+
+    out: str
+    model: str = DEFAULT_MODEL
+    revision: str | None = None
+    hooks: list[str] = field(default_factory=lambda: ["blocks.3.hook_resid_post"])
+    dataset: str = DEFAULT_DATASET
+    dataset_config: str | None = None
+    split: str = "train"
+    text_column: str = "text"
+    tokens: int = 1_000_000
+    context_length: int = 128
+    batch_size: int = 32  # rows per forward pass
+    shard_tokens: int = 65_536
+    store_dtype: str = "bfloat16"
+    model_dtype: str = "float32"
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        for name in ("tokens", "context_length", "batch_size", "shard_tokens"):
+            if getattr(self, name) <= 0:
+                raise HarvestError(f"{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        if self.context_length < 2:
+            raise HarvestError("context-length must be at least 2 (a BOS and one token)")
+        if self.store_dtype not in STORE_DTYPES:
+            raise HarvestError(f"store dtype {self.store_dtype!r} unknown; use one of {STORE_DTYPES}")
+        torch_dtype(self.model_dtype)
+
+    @property
+    def shard_rows(self) -> int:
+        return max(1, self.shard_tokens // self.context_length)
+
+    @property
+    def corpus(self) -> CorpusSpec:
+        return CorpusSpec(self.dataset, self.dataset_config, self.split, self.text_column)
+
+
+def _package_version() -> str:
+    try:
+        return version("interp-sae")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _tokenizer_fingerprint(tokenizer) -> str:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    text = backend.to_str() if backend is not None else json.dumps(tokenizer.get_vocab(), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _identity(config: HarvestConfig, model: LanguageModel | None) -> dict:
+    """What determines the bytes on disk. Budget, batch size and device may change on resume.
+    Without the model (before loading it) the tokenizer cannot be fingerprinted yet."""
+    identity = {
+        "model": model.info["id"] if model is not None else config.model,
+        "revision": config.revision,
+        "model_dtype": config.model_dtype,
+        "hooks": list(config.hooks),
+        "store_dtype": config.store_dtype,
+        "context_length": config.context_length,
+        "shard_rows": config.shard_rows,
+        "corpus": asdict(config.corpus),
+    }
+    if model is not None:
+        identity["tokenizer_sha256"] = _tokenizer_fingerprint(model.tokenizer)
+    return identity
+
+
+@contextmanager
+def store_lock(out: Path) -> Iterator[None]:
+    """One harvest per folder. flock is released by the kernel when a process dies, so a
+    killed harvest never leaves a lock that blocks the next run."""
+    handle = open(out / LOCK_NAME, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "unknown"
+        handle.close()
+        raise HarvestError(
+            f"another harvest (pid {holder}) is writing to {out}; wait for it, or choose another --out"
+        ) from None
+    try:
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        yield
+    finally:
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
+
+
+def _check_same_config(existing: Manifest, identity: dict, out: Path) -> None:
+    """Refuse to mix harvests. Keys missing from ``identity`` are not compared (they need the model)."""
+    changed = [
+        f"  {key}: store has {existing.identity.get(key)!r}, this run asks {identity[key]!r}"
+        for key in sorted(identity)
+        if existing.identity.get(key) != identity[key]
+    ]
+    if not changed:
+        return
+    raise HarvestError(
+        f"{out} already holds a harvest made with other settings:\n" + "\n".join(changed)
+        + "\nRerun with the store's settings to resume it, or choose a new --out."
+    )
+
+
+def _remove_unlisted_shards(out: Path, manifest: Manifest) -> None:
+    """Files a killed run left behind: temporaries and shards written but never listed."""
+    listed = {out / s.file for s in manifest.shards}
+    for path in (out / SHARD_DIR).iterdir():
+        if path not in listed:
+            path.unlink()
+
+
+def _new_manifest(config: HarvestConfig, model: LanguageModel, identity: dict, d: dict[str, int]) -> Manifest:
+    tok = model.tokenizer
+    return Manifest(
+        identity=identity,
+        model=model.info,
+        tokenizer={
+            "name_or_path": str(tok.name_or_path),
+            "vocab_size": len(tok),
+            "bos_token_id": model.bos_token_id,
+            "pad_token_id": model.pad_token_id,
+            "sha256": identity["tokenizer_sha256"],
+            "folder": TOKENIZER_DIR,
+        },
+        dataset=config.corpus.describe(),
+        hooks=[HookRecord(name=h, d=d[h]) for h in config.hooks],
+        dtype=config.store_dtype,
+        context_length=config.context_length,
+        shard_rows=config.shard_rows,
+        target_tokens=config.tokens,
+        package_version=_package_version(),
+    )
+
+
+def _hook_widths(model: LanguageModel, hooks: list[str], stop: int | None) -> dict[str, int]:
+    """Run one tiny row to learn each hook's width (MLP and attention hooks differ from d_model)."""
+    ids = torch.full((1, 2), model.bos_token_id, device=model.device)
+    acts = _forward(model, ids, hooks, stop)
+    return {h: a.shape[-1] for h, a in acts.items()}
+
+
+def _forward(model: LanguageModel, ids: torch.Tensor, hooks: list[str], stop: int | None) -> dict[str, torch.Tensor]:
+    with torch.inference_mode():
+        _, cache = model.bridge.run_with_cache(
+            ids, names_filter=hooks, stop_at_layer=stop, return_cache_object=False
+        )
+    acts = {}
+    for h in hooks:
+        a = cache[h]
+        if a.dim() != 3:
+            raise HarvestError(
+                f"hook {h!r} gives activations of shape {tuple(a.shape)}; only [batch, position, d] "
+                "hooks can be stored (per-head hooks such as hook_z or hook_pattern cannot)"
+            )
+        acts[h] = a
+    return acts
+
+
+def harvest(config: HarvestConfig, model: LanguageModel | None = None, progress: bool = True,
+            repair: bool = False) -> Manifest:
+    """Harvest into ``config.out``, creating it or resuming what is there. Returns the manifest.
+
+    ``repair`` first re-harvests every listed shard that fails its checksum (only those)."""
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    with store_lock(out):
+        existing = read_manifest(out) if (out / MANIFEST_NAME).exists() else None
+        if existing is not None:
+            _check_same_config(existing, _identity(config, model), out)
+        if existing is not None and _finished(existing, config) and not repair:
+            _report(progress, f"{out}: complete, {existing.tokens:,} tokens already harvested; nothing to do")
+            return existing
+        if model is None:
+            model = load_model(config.model, revision=config.revision, device=config.device, dtype=config.model_dtype)
+        hooks = validate_hooks(config.hooks, model.bridge.hook_dict.keys(), model.n_layers)
+        if config.context_length > model.n_ctx:
+            raise HarvestError(
+                f"context-length {config.context_length} exceeds the model's {model.n_ctx} positions; "
+                f"use --context-length {model.n_ctx} or less"
+            )
+        identity = _identity(config, model)
+        stop = stop_layer(hooks)
+        if existing is None:
+            manifest = _new_manifest(config, model, identity, _hook_widths(model, hooks, stop))
+            (out / SHARD_DIR).mkdir(exist_ok=True)
+            model.tokenizer.save_pretrained(out / TOKENIZER_DIR)
+            write_manifest(out, manifest)
+        else:
+            _check_same_config(existing, identity, out)
+            manifest = existing
+            (out / SHARD_DIR).mkdir(exist_ok=True)
+            if repair:
+                _repair(config, model, manifest, out, hooks, stop, progress)
+            if _finished(manifest, config):
+                return manifest
+            if manifest.shards and manifest.shards[-1].rows < manifest.shard_rows:
+                # A short last shard ended the previous budget; redo it so the store's shard
+                # boundaries match an uninterrupted run with the new budget.
+                manifest.shards.pop()
+            manifest.target_tokens = config.tokens
+            manifest.complete, manifest.stop_reason = False, None
+            write_manifest(out, manifest)
+        _remove_unlisted_shards(out, manifest)
+        _run(config, model, manifest, out, hooks, stop, progress)
+        return manifest
+
+
+def _finished(manifest: Manifest, config: HarvestConfig) -> bool:
+    return manifest.complete and (manifest.tokens >= config.tokens or manifest.stop_reason == "corpus_exhausted")
+
+
+def _report(progress: bool, message: str) -> None:
+    if progress:
+        tqdm.write(message)
+
+
+def _packed_rows(config: HarvestConfig, model: LanguageModel, start: PackerState):
+    return pack_rows(
+        iter_documents(config.corpus, start=start.doc),
+        model.tokenize,
+        context_length=config.context_length,
+        bos_id=model.bos_token_id,
+        pad_id=model.pad_token_id,
+        start=start,
+    )
+
+
+def _repair(config: HarvestConfig, model: LanguageModel, manifest: Manifest, out: Path,
+            hooks: list[str], stop: int | None, progress: bool) -> None:
+    """Re-harvest damaged shards in place: each shard's first row follows from the packer state
+    recorded at the end of the shard before it, so no other shard is touched."""
+    store = ActivationStore(out, verify_reads=True)
+    damaged = [i for i in range(len(manifest.shards)) if store.shard_problem(i) is not None]
+    _report(progress, f"{out}: {len(damaged)} damaged shard(s) to re-harvest: {damaged}")
+    store_dtype = torch_dtype(manifest.dtype)
+    for index in damaged:
+        record = manifest.shards[index]
+        start = manifest.shards[index - 1].end_state if index else PackerState()
+        block = next(pack_blocks(_packed_rows(config, model, start), record.rows), None)
+        if block is None or len(block.token_ids) != record.rows or block.end_state != record.end_state:
+            raise HarvestError(
+                f"cannot repair shard {index}: the corpus no longer yields the same tokens there "
+                "(was it changed?). Harvest into a new --out instead."
+            )
+        bar = tqdm(total=record.rows * config.context_length, unit="tok", unit_scale=True,
+                   desc=f"repair shard {index}", disable=not progress)
+        tensors = _compute_shard(model, block, hooks, stop, config.batch_size, store_dtype, record.first_row, bar)
+        bar.close()
+        # Same device and dtype give the same bytes; another device may differ in low bits.
+        record.bytes, record.sha256 = write_shard_file(out / record.file, tensors, index)
+        write_manifest(out, manifest)
+
+
+def _run(config: HarvestConfig, model: LanguageModel, manifest: Manifest, out: Path,
+         hooks: list[str], stop: int | None, progress: bool) -> None:
+    ctx = config.context_length
+    target_rows = math.ceil(config.tokens / ctx)
+    rows = _packed_rows(config, model, manifest.resume_state())
+    bar = tqdm(total=target_rows * ctx, initial=manifest.tokens, unit="tok", unit_scale=True,
+               desc="harvest", disable=not progress, dynamic_ncols=True)
+    written = {"bytes": manifest.bytes}
+    writer = ShardWriter(out, manifest, on_written=lambda rec: written.__setitem__("bytes", written["bytes"] + rec.bytes))
+    store_dtype = torch_dtype(manifest.dtype)
+    exhausted = False
+    try:
+        produced = manifest.rows
+        while produced < target_rows:
+            block_rows = min(manifest.shard_rows, target_rows - produced)
+            block = next(pack_blocks(rows, block_rows), None)
+            if block is None:
+                exhausted = True
+                break
+            tensors = _compute_shard(model, block, hooks, stop, config.batch_size, store_dtype,
+                                     first_row=produced, bar=bar)
+            writer.submit(tensors, rows=len(block.token_ids),
+                          valid_tokens=int((block.doc_ids >= 0).sum()), end_state=block.end_state)
+            produced += len(block.token_ids)
+            bar.set_postfix_str(f"written {written['bytes'] / 2**20:,.0f} MiB", refresh=False)
+            if len(block.token_ids) < block_rows:
+                exhausted = True
+                break
+    finally:
+        writer.close()
+        bar.close()
+    if manifest.valid_tokens == 0:
+        raise HarvestError(
+            f"the corpus {config.dataset!r} gave no tokens: it is empty, or every document is blank"
+        )
+    manifest.complete = True
+    manifest.stop_reason = "corpus_exhausted" if exhausted else "budget"
+    write_manifest(out, manifest)
+    _report(progress, f"{out}: {manifest.tokens:,} tokens in {len(manifest.shards)} shards "
+                      f"({manifest.bytes / 2**20:,.1f} MiB), {manifest.stop_reason}")
+
+
+def _compute_shard(model: LanguageModel, block: PackedRows, hooks: list[str], stop: int | None,
+                   batch_size: int, store_dtype: torch.dtype, first_row: int, bar) -> dict[str, torch.Tensor]:
+    n_rows, ctx = block.token_ids.shape
+    token_ids = torch.from_numpy(block.token_ids)
+    stored: dict[str, torch.Tensor] = {}
+    for start in range(0, n_rows, batch_size):
+        ids = token_ids[start : start + batch_size].to(model.device)
+        acts = _forward(model, ids, hooks, stop)
+        for h, a in acts.items():
+            bad = ~torch.isfinite(a)
+            if bad.any():
+                row, pos = (int(v) for v in bad.any(-1).nonzero()[0])
+                raise HarvestError(
+                    f"non-finite activation at hook {h!r}, row {first_row + start + row}, position {pos} "
+                    f"(document {int(block.doc_ids[start + row, pos])}). Try --model-dtype float32."
+                )
+            if h not in stored:
+                stored[h] = torch.empty((n_rows * ctx, a.shape[-1]), dtype=store_dtype)
+            stored[h][start * ctx : (start + len(ids)) * ctx] = a.reshape(-1, a.shape[-1]).to(store_dtype).cpu()
+        bar.update(len(ids) * ctx)
+    stored[TOKEN_IDS] = token_ids
+    stored[DOC_IDS] = torch.from_numpy(block.doc_ids)
+    stored[DOC_POSITIONS] = torch.from_numpy(block.doc_positions)
+    return stored
+

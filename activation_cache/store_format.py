@@ -1,0 +1,217 @@
+"""The activation store's on-disk format: the one contract every reader and writer shares.
+
+A store is a folder::
+
+    manifest.json                 provenance, shard list with sizes and checksums (this module)
+    shards/shard-000000.safetensors
+    tokenizer/                    the tokenizer, saved with ``save_pretrained`` (JSON only)
+
+Each shard holds ``rows`` packed context rows of ``context_length`` tokens:
+
+* ``token_ids``      int32  [rows, ctx]  the model input
+* ``doc_ids``        int64  [rows, ctx]  index of the source document, -1 for BOS/separator/padding
+* ``doc_positions``  int32  [rows, ctx]  position of the token inside its document, -1 likewise
+* one tensor per hook, named exactly like the hook (e.g. ``blocks.3.hook_resid_post``),
+  [rows * ctx, d] in the store dtype: row-major over (row, position), so vector ``i`` of a
+  shard is row ``i // ctx``, position ``i % ctx``.
+
+A vector's *global index* is ``first_row * ctx + i`` of its shard: every position, BOS and
+padding included, stays addressable; readers exclude ``doc_ids == -1`` from training data.
+
+The manifest is rewritten atomically after every shard, so it only ever lists shards that
+are completely on disk: that is what makes a killed harvest resumable.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+FORMAT_NAME = "interp-sae-activation-store"
+FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+SHARD_DIR = "shards"
+TOKENIZER_DIR = "tokenizer"
+
+TOKEN_IDS = "token_ids"
+DOC_IDS = "doc_ids"
+DOC_POSITIONS = "doc_positions"
+RESERVED_TENSORS = (TOKEN_IDS, DOC_IDS, DOC_POSITIONS)
+
+STORE_DTYPES = ("float16", "bfloat16", "float32")
+
+
+class StoreFormatError(ValueError):
+    """The store on disk is not what the format says it must be."""
+
+
+def shard_file_name(index: int) -> str:
+    return f"{SHARD_DIR}/shard-{index:06d}.safetensors"
+
+
+@dataclass(frozen=True)
+class PackerState:
+    """Where the packer stands in the corpus: the next token to pack is token ``offset`` of
+    document ``doc``. Recorded at every shard boundary so a resumed harvest can restart there."""
+
+    doc: int = 0
+    offset: int = 0
+
+
+@dataclass
+class ShardRecord:
+    file: str
+    rows: int
+    first_row: int
+    valid_tokens: int  # tokens that belong to a document (not BOS, separator or padding)
+    bytes: int
+    sha256: str
+    end_state: PackerState
+
+
+@dataclass
+class HookRecord:
+    name: str
+    d: int
+
+
+@dataclass
+class Manifest:
+    """Everything needed to read the store and to say how it was made."""
+
+    identity: dict[str, Any]  # the harvest settings that determine the bytes on disk
+    model: dict[str, Any]
+    tokenizer: dict[str, Any]
+    dataset: dict[str, Any]
+    hooks: list[HookRecord]
+    dtype: str
+    context_length: int
+    shard_rows: int
+    target_tokens: int
+    package_version: str
+    shards: list[ShardRecord] = field(default_factory=list)
+    complete: bool = False
+    stop_reason: str | None = None  # "budget" or "corpus_exhausted" once complete
+    format: str = FORMAT_NAME
+    format_version: int = FORMAT_VERSION
+
+    # -- derived totals -------------------------------------------------------------
+    @property
+    def rows(self) -> int:
+        return sum(s.rows for s in self.shards)
+
+    @property
+    def tokens(self) -> int:
+        return self.rows * self.context_length
+
+    @property
+    def valid_tokens(self) -> int:
+        return sum(s.valid_tokens for s in self.shards)
+
+    @property
+    def bytes(self) -> int:
+        return sum(s.bytes for s in self.shards)
+
+    def hook(self, name: str) -> HookRecord:
+        for hook in self.hooks:
+            if hook.name == name:
+                return hook
+        raise KeyError(
+            f"hook {name!r} is not in this store; it holds {[h.name for h in self.hooks]}. "
+            "Pass one of those, or harvest the hook you want."
+        )
+
+    def resume_state(self) -> PackerState:
+        return self.shards[-1].end_state if self.shards else PackerState()
+
+    # -- (de)serialisation ----------------------------------------------------------
+    def to_json(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["totals"] = {
+            "rows": self.rows,
+            "tokens": self.tokens,
+            "valid_tokens": self.valid_tokens,
+            "bytes": self.bytes,
+            "shards": len(self.shards),
+        }
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], where: str = MANIFEST_NAME) -> "Manifest":
+        if data.get("format") != FORMAT_NAME:
+            raise StoreFormatError(f"{where}: not an interp-sae activation store manifest")
+        version = data.get("format_version")
+        if not isinstance(version, int) or version > FORMAT_VERSION:
+            raise StoreFormatError(
+                f"{where}: store format version {version!r} is newer than this interp-sae "
+                f"understands ({FORMAT_VERSION}). Upgrade interp-sae to read it."
+            )
+        try:
+            fields = {f.name for f in dataclasses.fields(cls)}
+            kwargs = {k: v for k, v in data.items() if k in fields}
+            kwargs["hooks"] = [HookRecord(**h) for h in data["hooks"]]
+            kwargs["shards"] = [
+                ShardRecord(**{**s, "end_state": PackerState(**s["end_state"])})
+                for s in data["shards"]
+            ]
+            manifest = cls(**kwargs)
+        except (KeyError, TypeError) as exc:
+            raise StoreFormatError(f"{where}: malformed manifest ({exc})") from exc
+        manifest.validate(where)
+        return manifest
+
+    def validate(self, where: str = MANIFEST_NAME) -> None:
+        """Structural checks that need no shard I/O."""
+        if self.dtype not in STORE_DTYPES:
+            raise StoreFormatError(f"{where}: unknown store dtype {self.dtype!r}")
+        if self.context_length <= 0 or self.shard_rows <= 0:
+            raise StoreFormatError(f"{where}: context_length and shard_rows must be positive")
+        expected_first_row = 0
+        for index, shard in enumerate(self.shards):
+            if shard.file != shard_file_name(index):
+                # Also rejects absolute paths and '..': a manifest can never point outside its store.
+                raise StoreFormatError(
+                    f"{where}: shard {index} is named {shard.file!r}, expected "
+                    f"{shard_file_name(index)!r}; the manifest was edited or is corrupt"
+                )
+            if shard.first_row != expected_first_row or shard.rows <= 0:
+                raise StoreFormatError(f"{where}: shard {index} has inconsistent row counts")
+            expected_first_row += shard.rows
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON so that readers see either the old file or the new one, never a torn one."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(data, handle, indent=1)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_manifest(store: Path) -> Manifest:
+    path = Path(store) / MANIFEST_NAME
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{store} is not an activation store (no {MANIFEST_NAME}). "
+            "Create one with `interp-sae harvest --out DIR`."
+        )
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise StoreFormatError(f"{path}: not valid JSON ({exc})") from exc
+    return Manifest.from_json(data, where=str(path))
+
+
+def write_manifest(store: Path, manifest: Manifest) -> None:
+    write_json_atomic(Path(store) / MANIFEST_NAME, manifest.to_json())

@@ -1,0 +1,114 @@
+"""A background thread that commits shards to disk while the model computes the next ones.
+
+Each shard is serialised to bytes, checksummed, written to a temporary file, fsynced and
+renamed into place; only then is it appended to the manifest, which is itself replaced
+atomically. A kill at any moment therefore leaves every listed shard complete and intact,
+plus at most one stray temporary file that the next run removes.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import queue
+import threading
+from pathlib import Path
+from typing import Callable
+
+import torch
+from safetensors.torch import save as safetensors_bytes
+
+from .store_format import Manifest, PackerState, ShardRecord, shard_file_name, write_manifest
+
+_STOP = object()
+
+
+class ShardWriteError(RuntimeError):
+    """Writing a shard failed; the shards already listed in the manifest are intact."""
+
+
+class ShardWriter:
+    def __init__(self, root: Path, manifest: Manifest, on_written: Callable[[ShardRecord], None],
+                 queue_size: int = 2):
+        self.root = Path(root)
+        self.manifest = manifest
+        self.on_written = on_written
+        self.error: BaseException | None = None
+        self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
+        self._thread = threading.Thread(target=self._run, name="shard-writer", daemon=True)
+        self._thread.start()
+
+    def submit(self, tensors: dict[str, torch.Tensor], rows: int, valid_tokens: int,
+               end_state: PackerState) -> None:
+        """Queue a shard (blocks while the queue is full, which bounds memory)."""
+        self.raise_if_failed()
+        self._queue.put((tensors, rows, valid_tokens, end_state))
+
+    def close(self) -> None:
+        """Wait for every queued shard to be committed."""
+        self._queue.put(_STOP)
+        self._thread.join()
+        self.raise_if_failed()
+
+    def raise_if_failed(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is _STOP:
+                return
+            if self.error is not None:
+                continue  # drain without writing: later shards must not land after a gap
+            try:
+                self._commit(*item)
+            except BaseException as exc:  # surfaced to the harvest loop by raise_if_failed
+                self.error = exc
+
+    def _commit(self, tensors: dict[str, torch.Tensor], rows: int, valid_tokens: int,
+                end_state: PackerState) -> None:
+        index = len(self.manifest.shards)
+        name = shard_file_name(index)
+        size, digest = write_shard_file(self.root / name, tensors, index)
+        record = ShardRecord(
+            file=name,
+            rows=rows,
+            first_row=self.manifest.rows,
+            valid_tokens=valid_tokens,
+            bytes=size,
+            sha256=digest,
+            end_state=end_state,
+        )
+        self.manifest.shards.append(record)
+        try:
+            write_manifest(self.root, self.manifest)
+        except OSError as exc:
+            self.manifest.shards.pop()  # the shard file stays, unlisted; the next run rewrites it
+            raise ShardWriteError(
+                f"cannot update the manifest after shard {index}: {exc}. Earlier shards are intact; "
+                "rerun the same command to resume."
+            ) from exc
+        self.on_written(record)
+
+
+def write_shard_file(path: Path, tensors: dict[str, torch.Tensor], index: int) -> tuple[int, str]:
+    """Serialise, write to a temporary file, fsync, rename. Returns (bytes, sha256)."""
+    tmp = path.with_name(path.name + ".tmp")
+    payload = safetensors_bytes(tensors)
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(payload)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            raise ShardWriteError(
+                f"no space left writing {path} ({exc.strerror}). Shards before {index} are intact; "
+                "free some space and rerun the same command to resume."
+            ) from exc
+        raise ShardWriteError(f"cannot write {path}: {exc}") from exc
+    return len(payload), hashlib.sha256(payload).hexdigest()

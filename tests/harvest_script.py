@@ -1,0 +1,59 @@
+"""Run a small harvest in its own process, optionally SIGKILLing itself at a chosen point.
+
+Used by the resume tests: the kill is real (the kernel ends the process, no cleanup runs)
+and lands at an exact place in the write path, e.g. the 3rd shard's bytes written but not
+renamed. Usage: harvest_script.py MODEL_FOLDER CORPUS OUT [KILL_ON NTH]
+
+KILL_ON is one of:
+  shard-fsync       a shard's temporary file is written and synced, not yet renamed
+  shard-rename      a shard file is in place but not yet listed in the manifest
+  manifest-rename   the new manifest's temporary file is written, not yet renamed
+"""
+
+import os
+import signal
+import sys
+
+from activation_cache import HarvestConfig, harvest
+from activation_cache import writer, store_format
+
+
+def kill_on(kind: str, nth: int) -> None:
+    calls = {"n": 0}
+
+    def maybe_die(condition: bool) -> None:
+        if condition:
+            calls["n"] += 1
+            if calls["n"] == nth:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        real_fsync(fd)
+        maybe_die(kind == "shard-fsync" and os.readlink(f"/proc/self/fd/{fd}").endswith(".safetensors.tmp"))
+
+    def replace(src, dst):
+        if kind == "manifest-rename":
+            maybe_die(str(dst).endswith("manifest.json"))
+        real_replace(src, dst)
+        if kind == "shard-rename":
+            maybe_die(str(dst).endswith(".safetensors"))
+
+    writer.os.fsync = fsync
+    writer.os.replace = replace
+    store_format.os.replace = replace
+
+
+def main() -> None:
+    model, corpus, out = sys.argv[1:4]
+    if len(sys.argv) > 4:
+        kill_on(sys.argv[4], int(sys.argv[5]))
+    config = HarvestConfig(out=out, model=model, hooks=["blocks.1.hook_resid_post", "blocks.0.hook_mlp_out"],
+                           dataset=corpus, tokens=2000, context_length=16, shard_tokens=160, batch_size=4,
+                           store_dtype="float32", device="cpu")
+    harvest(config, progress=False)
+
+
+if __name__ == "__main__":
+    main()
