@@ -1,0 +1,53 @@
+"""The harvest and verify commands as a user runs them: a real process, a model folder on disk."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+CLI = [sys.executable, "-m", "interp_sae.cli"]
+
+
+def run(*args):
+    return subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True)
+
+
+def test_help_explains_every_harvest_option():
+    result = run("harvest", "--help")
+    assert result.returncode == 0
+    for option in ("--out", "--model", "--revision", "--hook", "--dataset", "--tokens", "--context-length",
+                   "--batch-size", "--store-dtype", "--model-dtype", "--device", "--repair"):
+        assert option in result.stdout
+
+
+@pytest.mark.slow
+def test_harvest_from_a_local_model_folder_then_verify(tmp_path, tiny_model_folder, text_corpus):
+    out = tmp_path / "store"
+    args = ["harvest", "--model", tiny_model_folder, "--dataset", text_corpus, "--hook", "blocks.2.hook_resid_post",
+            "--tokens", 512, "--context-length", 32, "--shard-tokens", 256, "--out", out, "--quiet"]
+    assert run(*args).returncode == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["complete"] and manifest["totals"]["tokens"] == 512 and len(manifest["shards"]) == 2
+    assert manifest["model"]["id"] == str(tiny_model_folder) and manifest["dataset"]["kind"] == "local"
+    verified = run("verify", out)
+    assert verified.returncode == 0 and "2 shards, 512 tokens, complete" in verified.stdout
+
+    shard = out / manifest["shards"][1]["file"]
+    shard.write_bytes(shard.read_bytes()[:-10])
+    damaged = run("verify", out)
+    assert damaged.returncode == 1
+    assert "shard 1" in damaged.stderr and "truncated" in damaged.stderr and "--repair" in damaged.stderr
+
+    wrong = run(*[a if a != "blocks.2.hook_resid_post" else "blocks.2.hook_resid" for a in args])
+    assert wrong.returncode == 2
+    assert "error:" in wrong.stderr and "hooks: store has ['blocks.2.hook_resid_post']" in wrong.stderr
+
+    bad_hook = run(*[a if a != out else tmp_path / "other" for a in args][:-1], "--hook", "blocks.9.hook_out")
+    assert bad_hook.returncode == 2 and "layer 9 is out of range" in bad_hook.stderr
+
+
+def test_verify_on_a_folder_that_is_not_a_store_says_how_to_make_one(tmp_path):
+    result = run("verify", tmp_path)
+    assert result.returncode == 2
+    assert "is not an activation store" in result.stderr and "interp-sae harvest --out" in result.stderr
