@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))  # tiny_models, helper scripts
+sys.path.append(str(Path(__file__).parent))  # tiny_models, helper scripts; after the real packages
 
 from tiny_models import build_pythia_like, build_tokenizer  # noqa: E402
 

@@ -1,0 +1,82 @@
+"""Training-step throughput of SAE-ℓ1 and VAEase against the machine's matmul peak.
+
+    python benchmarks/train_throughput.py [--small]
+
+Peak = the best of a few square matmuls (fp32 and bf16) timed in this run. A step's FLOPs count
+its matmuls only (forward + backward ≈ 3 × forward):
+    SAE-ℓ1 forward 2B(dκ + κd);   VAEase forward 2B(2κ·d + κ² + κd)   (encoder, variance head, decoder)
+fraction of peak = step FLOPs / step time / peak of the same precision. fp32 on a GPU means
+full fp32 (TF32 off), so the peak and the step are measured the same way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+import dictionaries as D
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn, device: torch.device, repeats: int) -> float:
+    """Seconds per call, after one warm-up call."""
+    fn()
+    synchronize(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    synchronize(device)
+    return (time.perf_counter() - start) / repeats
+
+
+def matmul_peak(n: int, dtype: torch.dtype, device: torch.device, repeats: int) -> float:
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    return 2 * n**3 / timed(lambda: a @ b, device, repeats)
+
+
+def step_flops(arch: str, batch: int, d: int, kappa: int) -> float:
+    forward = 2 * batch * (2 * d * kappa) if arch == "sae_l1" else 2 * batch * (2 * kappa * d + kappa**2 + kappa * d)
+    return 3 * forward
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--small", action="store_true", help="CPU-sized: batch 256, κ ∈ {1024, 4096}")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--d", type=int, default=512)
+    args = parser.parse_args()
+    device = D.resolve_device(args.device)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    batch, kappas, repeats, n = (256, [1024, 4096], 3, 1024) if args.small else (2048, [4096, 16384], 20, 8192)
+    peaks = {p: matmul_peak(n, dt, device, repeats) for p, dt in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
+    print(f"device {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}), "
+          f"matmul peak fp32 {peaks['fp32'] / 1e12:.2f} TFLOP/s, bf16 {peaks['bf16'] / 1e12:.2f} TFLOP/s (n={n})")
+    print(f"{'arch':8} {'κ':>6} {'prec':5} {'tokens/s':>12} {'TFLOP/s':>8} {'of peak':>8}")
+    results = {}
+    for arch in ("sae_l1", "vaease"):
+        for kappa in kappas:
+            for precision in ("fp32", "bf16"):
+                model = D.create(D.make_config(arch, d=args.d, n_latents=kappa), seed=0).to(device)
+                optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, fused=device.type == "cuda")
+                x = torch.randn(batch, args.d, device=device)
+                generator = torch.Generator(device).manual_seed(0)
+                seconds = timed(lambda: D.training_step(model, optimizer, x, generator, precision), device, repeats)
+                flops = step_flops(arch, batch, args.d, kappa) / seconds
+                fraction = flops / peaks[precision]
+                print(f"{arch:8} {kappa:>6} {precision:5} {batch / seconds:>12,.0f} {flops / 1e12:>8.3f} {fraction:>8.2f}")
+                results[f"{arch}_k{kappa}_{precision}_tokens_per_s"] = round(batch / seconds)
+                results[f"{arch}_k{kappa}_{precision}_frac_peak"] = round(fraction, 3)
+                del model, optimizer
+    results["peak_fp32_tflops"] = round(peaks["fp32"] / 1e12, 3)
+    results["peak_bf16_tflops"] = round(peaks["bf16"] / 1e12, 3)
+    print("RESULT " + " ".join(f"{k}={v}" for k, v in results.items()))
+
+
+if __name__ == "__main__":
+    main()

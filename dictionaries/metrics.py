@@ -1,0 +1,168 @@
+"""Every dictionary metric, defined once (SPEC §4). Reports name the variant they measure.
+
+Which latents are *active* for a vector:
+- variational dictionaries (VAE, VAEase): split the vector's κ values of log σ² into two groups
+  by 1-D 2-means (the threshold minimising the summed within-group squared deviation, i.e.
+  Otsu), and call the low-variance group active (`ad_method = "two_means_log_variance"`);
+- SAEs: the non-zero latents, so AD = L0 (`ad_method = "l0"`). The authors' code splits log|z|,
+  which exact zeros make degenerate.
+AD is the count of active latents; dead and dense fractions use the same active set.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import torch
+
+from dictionaries.base import Dictionary, squared_error
+from dictionaries.data import BatchSource
+
+
+def two_means_low_mask(values: torch.Tensor) -> torch.Tensor:
+    """Per row of `values` [B, κ], the members of the lower group of the optimal 1-D 2-means split.
+
+    Ties between equally good splits go to the smaller low group. A row with a single distinct
+    value has no split: its low group is empty (for log σ² that reads "no active latents").
+    """
+    v = values.double()
+    v = v - v.mean(dim=-1, keepdim=True)  # centring keeps the cumulative sums well conditioned
+    s, _ = v.sort(dim=-1)
+    kappa = s.shape[-1]
+    if kappa < 2:
+        return torch.zeros_like(values, dtype=torch.bool)
+    n_low = torch.arange(1, kappa, device=s.device, dtype=s.dtype)
+    c1, c2 = s.cumsum(-1)[:, :-1], s.pow(2).cumsum(-1)[:, :-1]
+    t1, t2 = c1[:, -1:] + s[:, -1:], c2[:, -1:] + s[:, -1:].pow(2)
+    within = (c2 - c1.pow(2) / n_low) + ((t2 - c2) - (t1 - c1).pow(2) / (kappa - n_low))
+    best = within.argmin(dim=-1, keepdim=True)  # first minimum = smallest low group
+    threshold = s.gather(-1, best)
+    degenerate = s[:, -1:] == s[:, :1]
+    return (v <= threshold) & ~degenerate
+
+
+def active_mask(model: Dictionary, x: torch.Tensor) -> torch.Tensor:
+    """[B, κ] bool: which latents are active for each vector (see module docstring)."""
+    if model.variational:
+        return two_means_low_mask(model.latent_log_variance(x))
+    return model.encode(x) != 0
+
+
+def activity_score(model: Dictionary, x: torch.Tensor) -> torch.Tensor:
+    """[B, κ], larger = more active: −log σ² for variational dictionaries, |z| for SAEs."""
+    if model.variational:
+        return -model.latent_log_variance(x)
+    return model.encode(x).abs()
+
+
+def ad_method(model: Dictionary) -> str:
+    return "two_means_log_variance" if model.variational else "l0"
+
+
+@torch.no_grad()
+def evaluate(
+    model: Dictionary,
+    source: BatchSource,
+    max_vectors: int = 65536,
+    dense_threshold: float = 0.1,
+    generator: torch.Generator | None = None,
+) -> dict[str, float | str]:
+    """Held-out metrics over the first `max_vectors` vectors of epoch 0 of `source`.
+
+    - re_deterministic: mean over vectors of ‖x − x̂‖² (not normalised), x̂ the deterministic
+      decode (VAEase: from the gated mean (1 − σ) ⊙ μ; VAE: from μ; SAEs: their code).
+    - re_sample (variational only): the same from one random posterior sample, as the authors report.
+    - fvu_deterministic = Σ‖x − x̂‖² / Σ‖x − x̄‖², explained_variance_deterministic = 1 − FVU.
+    - ad_mean, ad_std (population std over vectors), ad_method; l0_mean (SAEs only).
+    - dead_fraction: latents never active on these vectors; dense_fraction: latents active on
+      more than `dense_threshold` of them.
+    - gamma (variational only): decoder noise variance, in normalised input units.
+    """
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    n = 0
+    sse = sse_sample = sum_sq = ad_sum = ad_sq = 0.0
+    sum_x = torch.zeros(model.config.d, dtype=torch.float64, device=device)
+    fire_count = torch.zeros(model.config.n_latents, dtype=torch.float64, device=device)
+    for batch in source.batches(0):
+        x = batch[: max_vectors - n].to(device, torch.float32)
+        sse += float(squared_error(x, model(x)).double().sum())
+        if model.variational:
+            sse_sample += float(squared_error(x, model.sample_reconstruction(x, generator)).double().sum())
+        sum_x += x.double().sum(0)
+        sum_sq += float(x.double().pow(2).sum())
+        mask = active_mask(model, x)
+        ad = mask.sum(-1).double()
+        ad_sum, ad_sq = ad_sum + float(ad.sum()), ad_sq + float(ad.pow(2).sum())
+        fire_count += mask.sum(0).double()
+        n += x.shape[0]
+        if n >= max_vectors:
+            break
+    model.train(was_training)
+    if n == 0:
+        raise ValueError("evaluation source yielded no vectors")
+    total_variance = sum_sq - float(sum_x.pow(2).sum()) / n
+    fvu = sse / total_variance if total_variance > 0 else float("nan")
+    ad_mean = ad_sum / n
+    report: dict[str, float | str] = {
+        "n_vectors": n,
+        "re_deterministic": sse / n,
+        "fvu_deterministic": fvu,
+        "explained_variance_deterministic": 1 - fvu,
+        "ad_mean": ad_mean,
+        "ad_std": max(ad_sq / n - ad_mean**2, 0.0) ** 0.5,
+        "ad_method": ad_method(model),
+        "dead_fraction": float((fire_count == 0).double().mean()),
+        "dense_fraction": float((fire_count / n > dense_threshold).double().mean()),
+    }
+    if model.variational:
+        report["re_sample"] = sse_sample / n
+        report["gamma"] = model.gamma
+    else:
+        report["l0_mean"] = ad_mean
+    return report
+
+
+@torch.no_grad()
+def ad_re_curve(model: Dictionary, x: torch.Tensor, max_k: int | None = None) -> list[tuple[int, float]]:
+    """RE of the deterministic decode keeping only each vector's k most active latents
+    (by `activity_score`), for k = 1 … max_k (default κ). Returns [(k, re_deterministic)]."""
+    was_training = model.training
+    model.eval()
+    features = model.encode(x).float()
+    order = activity_score(model, x).argsort(dim=-1, descending=True)
+    directions = model.feature_directions.float()
+    x_hat = model.decode(torch.zeros_like(features)).float()
+    curve = []
+    for k in range(min(max_k or features.shape[-1], features.shape[-1])):
+        latent = order[:, k]
+        x_hat = x_hat + features.gather(-1, latent[:, None]) * directions[latent]
+        curve.append((k + 1, float(squared_error(x, x_hat).mean())))
+    model.train(was_training)
+    return curve
+
+
+def write_curve_csv(curve: list[tuple[int, float]], path: str | Path) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["k", "re_deterministic"])
+        writer.writerows(curve)
+
+
+def plot_ad_re_curves(curves: dict[str, list[tuple[int, float]]], path: str | Path) -> None:
+    """One PNG with every dictionary's AD–RE curve (RE of the deterministic decode vs k)."""
+    from matplotlib.figure import Figure  # no pyplot: leaves the caller's backend alone
+
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
+    for name, curve in curves.items():
+        ks, res = zip(*curve)
+        ax.plot(ks, res, label=name)
+    ax.set_xlabel("k (most active latents kept per vector)")
+    ax.set_ylabel("RE, deterministic decode")
+    ax.set_yscale("log")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)

@@ -1,0 +1,332 @@
+"""Train one or more dictionaries on one stream of batches, resumably.
+
+Every batch is read once and fed to every dictionary (one forward/backward each), so comparing
+architectures or sizes pays the data reads once. A run lives in `out_dir`:
+
+    out_dir/train_config.json        how the run was made
+    out_dir/checkpoint.safetensors   the latest checkpoint (atomic; see checkpoint.py)
+    out_dir/log.jsonl                one JSON record per log/eval/error event
+    out_dir/ad_re_curves.png         every dictionary's AD–RE curve
+    out_dir/NAME/                    config.json + model.safetensors (load_dictionary reads it),
+                                     metrics.json, ad_re_curve.csv, ad_re_curve.png
+
+Calling `train` again with the same arguments resumes from the checkpoint and ends exactly where
+an uninterrupted run would: the model, optimiser and noise-generator states are restored, the
+learning rate is a pure function of the step, and the data order a pure function of the epoch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+from tqdm.auto import tqdm
+
+from dictionaries.base import Dictionary, DictionaryConfig, LossTerms
+from dictionaries.checkpoint import load_checkpoint, optimizer_from_flat, optimizer_to_flat, save_checkpoint
+from dictionaries.data import BatchSource, derive_seed, take_vectors
+from dictionaries.io import save_dictionary
+from dictionaries.metrics import ad_re_curve, evaluate, plot_ad_re_curves, write_curve_csv
+from dictionaries.registry import create
+from dictionaries.run_log import RunLog
+from dictionaries.schedules import ScheduleConfig, learning_rate
+
+CHECKPOINT_FILE = "checkpoint.safetensors"
+# Purposes for derive_seed, so initialisation, training noise and evaluation noise never share a stream.
+_INIT, _NOISE, _EVAL_NOISE = 0, 1, 2
+
+
+@dataclass(kw_only=True)
+class TrainConfig:
+    """Defaults are the VAEase authors' LLM settings (Adam lr 5e-3, 35 epochs, cosine warm
+    restarts stepped per batch, seed 114514). The batch size belongs to the batch source."""
+
+    epochs: int = 35
+    lr: float = 5e-3
+    betas: tuple[float, float] = (0.9, 0.999)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    seed: int = 114514
+    device: str = "auto"
+    """"auto" = cuda if available, else cpu; or any torch device string."""
+    precision: Literal["fp32", "bf16"] = "fp32"
+    """bf16 = autocast of the forward pass; parameters and optimiser state stay fp32."""
+    normalize_input: bool = False
+    """Scale inputs so their mean norm is √d (estimated on the preparation sample); the scale is
+    stored in the dictionary, which keeps taking and returning raw activations."""
+    prepare_vectors: int = 65536
+    """Size of the training sample for input normalisation and data-dependent set-up (WSAE weights)."""
+    checkpoint_every: int = 1000
+    """Steps between checkpoints (0: only at the end)."""
+    eval_every: int = 0
+    """Steps between held-out evaluations (0: only at the end)."""
+    log_every: int = 100
+    eval_max_vectors: int = 65536
+    curve_vectors: int = 4096
+    """Held-out vectors for the AD–RE curve."""
+    curve_max_k: int | None = None
+    """Largest k of the AD–RE curve (default: n_latents)."""
+    dense_threshold: float = 0.1
+    wandb_project: str | None = None
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
+        if self.epochs < 1 or self.lr <= 0:
+            raise ValueError(f"need epochs ≥ 1 and lr > 0, got epochs={self.epochs}, lr={self.lr}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A loss term became NaN or Inf; training stopped before applying the update."""
+
+
+@dataclass
+class TrainResult:
+    dictionaries: dict[str, Dictionary]
+    metrics: dict[str, dict]
+    out_dir: Path
+    steps: int
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def training_step(
+    model: Dictionary,
+    optimizer: torch.optim.Optimizer,
+    batch: torch.Tensor,
+    generator: torch.Generator | None = None,
+    precision: str = "fp32",
+) -> LossTerms:
+    """One optimiser step on `batch`; returns the detached loss terms. Raises
+    NonFiniteLossError naming the bad terms *before* the parameters change."""
+    optimizer.zero_grad(set_to_none=True)
+    with torch.autocast(device_type=batch.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        terms = model.loss(batch, generator)
+    sum(terms.values()).backward()
+    values = torch.stack([t.detach().float() for t in terms.values()])
+    if not bool(torch.isfinite(values).all()):  # the one host sync per step
+        bad = {name: v for name, v in zip(terms, values.tolist()) if not math.isfinite(v)}
+        raise NonFiniteLossError(f"loss term(s) {bad} not finite")
+    optimizer.step()
+    model.after_optimizer_step()
+    return {name: t.detach() for name, t in terms.items()}
+
+
+class _Run:
+    """The state of one `train` call; methods are the phases of the loop."""
+
+    def __init__(self, dictionaries, train_source, out_dir, config, eval_source) -> None:
+        self.config, self.train_source = config, train_source
+        self.eval_source = eval_source or train_source
+        self.eval_split = "held_out" if eval_source is not None else "train"
+        self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.device = resolve_device(config.device)
+        self.models: dict[str, Dictionary] = {}
+        for i, (name, spec) in enumerate(dictionaries.items()):
+            model = create(spec, seed=derive_seed(config.seed, _INIT, i)) if isinstance(spec, DictionaryConfig) else spec
+            if model.config.d != train_source.d:
+                raise ValueError(f"dictionary {name!r} has d={model.config.d} but the batches have d={train_source.d}")
+            self.models[name] = model.to(self.device).train()
+        fused = self.device.type == "cuda"  # one kernel per step on GPU; the CPU path stays the reference
+        self.optimizers = {
+            name: torch.optim.Adam(m.parameters(), lr=config.lr, betas=config.betas, fused=fused)
+            for name, m in self.models.items()
+        }
+        self.generators = {
+            name: torch.Generator(self.device).manual_seed(derive_seed(config.seed, _NOISE, i))
+            for i, name in enumerate(self.models)
+        }
+        self.steps_per_epoch = [train_source.num_batches(e) for e in range(config.epochs)]
+        self.total_steps = sum(self.steps_per_epoch)
+        self.signature = {
+            "train": {k: v for k, v in config.to_dict().items() if k in _RESULT_FIELDS},
+            "dictionaries": {name: [m.architecture, m.config.to_dict()] for name, m in self.models.items()},
+            "steps_per_epoch": self.steps_per_epoch,
+        }
+        self.checkpoint_path = self.out_dir / CHECKPOINT_FILE
+        self.epoch = self.batch = self.step = 0
+        self.last_checkpoint_step: int | None = None
+        self.term_names: dict[str, list[str]] = {}
+
+    # --- set-up and resume -------------------------------------------------------------------
+    def start(self) -> None:
+        if self.checkpoint_path.exists():
+            self._restore()
+            return
+        sample = take_vectors(self.train_source, self.config.prepare_vectors).to(self.device, torch.float32)
+        if self.config.normalize_input:
+            scale = math.sqrt(sample.shape[1]) / float(sample.norm(dim=1).mean())
+            for model in self.models.values():
+                model.input_scale.fill_(scale)
+        for model in self.models.values():
+            model.prepare(sample)
+        (self.out_dir / "train_config.json").write_text(json.dumps(
+            {"train": self.config.to_dict(), "dictionaries": self.signature["dictionaries"],
+             "steps_per_epoch": self.steps_per_epoch, "eval_split": self.eval_split}, indent=2) + "\n")
+
+    def _restore(self) -> None:
+        tensors, state = load_checkpoint(self.checkpoint_path)
+        if state["signature"] != json.loads(json.dumps(self.signature)):
+            raise ValueError(
+                f"{self.checkpoint_path} belongs to a run with different settings or data; "
+                "use a new out_dir, or delete the checkpoint to start over"
+            )
+        for name, model in self.models.items():
+            prefix = f"{name}/model."
+            model.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+            optimizer_from_flat(self.optimizers[name], tensors, f"{name}/optim.", state["param_groups"][name])
+            self.generators[name].set_state(tensors[f"{name}/generator"])
+        self.epoch, self.batch, self.step = state["epoch"], state["batch"], state["step"]
+        self.last_checkpoint_step = self.step
+
+    def checkpoint(self) -> None:
+        tensors, groups = {}, {}
+        for name, model in self.models.items():
+            tensors.update({f"{name}/model.{k}": v for k, v in model.state_dict().items()})
+            flat, groups[name] = optimizer_to_flat(self.optimizers[name], f"{name}/optim.")
+            tensors.update(flat)
+            tensors[f"{name}/generator"] = self.generators[name].get_state()
+        state = {"signature": self.signature, "param_groups": groups,
+                 "epoch": self.epoch, "batch": self.batch, "step": self.step}
+        save_checkpoint(self.checkpoint_path, tensors, state)
+        self.last_checkpoint_step = self.step
+
+    # --- the loop ------------------------------------------------------------------------------
+    def run(self, log: RunLog) -> None:
+        cfg = self.config
+        if self.step:
+            log.say(f"resuming from step {self.step} (epoch {self.epoch}, batch {self.batch})")
+            log.record("resume", step=self.step, epoch=self.epoch, batch=self.batch)
+        bar = tqdm(total=self.total_steps, initial=self.step, unit="step", disable=not cfg.progress, dynamic_ncols=True)
+        sums: dict[str, torch.Tensor | None] = {name: None for name in self.models}
+        window_start, window_tokens, window_steps = time.perf_counter(), 0, 0
+        for epoch in range(self.epoch, cfg.epochs):
+            start = self.batch if epoch == self.epoch else 0
+            for batch_index, batch in enumerate(self.train_source.batches(epoch, start), start=start):
+                x = batch.to(self.device, torch.float32, non_blocking=True)
+                lr = learning_rate(cfg.schedule, cfg.lr, self.step, self.total_steps)
+                for name, model in self.models.items():
+                    terms = self._step(name, model, x, lr, epoch, batch_index, log)
+                    self.term_names[name] = list(terms)
+                    values = torch.stack(list(terms.values()))
+                    sums[name] = values if sums[name] is None else sums[name] + values
+                self.step, self.epoch, self.batch = self.step + 1, epoch, batch_index + 1
+                window_tokens, window_steps = window_tokens + x.shape[0], window_steps + 1
+                bar.update(1)
+                if self.step % cfg.log_every == 0 or self.step == self.total_steps:
+                    rate = window_tokens / (time.perf_counter() - window_start)
+                    self._log_train(log, sums, lr, rate, window_steps)
+                    sums = {name: None for name in self.models}
+                    window_start, window_tokens, window_steps = time.perf_counter(), 0, 0
+                if cfg.eval_every and self.step % cfg.eval_every == 0:
+                    self.evaluate(log)
+                if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
+                    self.checkpoint()
+            self.epoch, self.batch = epoch + 1, 0
+        bar.close()
+        self.checkpoint()
+
+    def _step(self, name, model, x, lr, epoch, batch_index, log) -> LossTerms:
+        optimizer = self.optimizers[name]
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        try:
+            return training_step(model, optimizer, x, self.generators[name], self.config.precision)
+        except NonFiniteLossError as error:
+            where = (f"step {self.step} (epoch {epoch}, batch {batch_index}), dictionary {name!r}: {error}")
+            kept = (f"the last good checkpoint is {self.checkpoint_path} (step {self.last_checkpoint_step})"
+                    if self.last_checkpoint_step is not None else "no checkpoint had been written yet")
+            log.record("nonfinite_loss", step=self.step, epoch=epoch, batch=batch_index, dictionary=name, error=str(error))
+            raise NonFiniteLossError(f"training stopped at {where}; {kept}") from None
+
+    def _log_train(self, log: RunLog, sums, lr: float, rate: float, n_steps: int) -> None:
+        parts = []
+        for name, model in self.models.items():
+            means = dict(zip(self.term_names[name], (sums[name] / n_steps).tolist()))
+            loss = sum(means.values())
+            log.record("train", step=self.step, epoch=self.epoch, dictionary=name, lr=lr, loss=loss,
+                       terms=means, tokens_per_s=rate)
+            detail = " ".join(f"{k} {v:.4g}" for k, v in means.items())
+            parts.append(f"{name}: loss {loss:.4g} ({detail})")
+        log.say(f"step {self.step}/{self.total_steps} ep {self.epoch} lr {lr:.2e} {rate:,.0f} tok/s | " + " | ".join(parts))
+
+    # --- evaluation and outputs --------------------------------------------------------------
+    def evaluate(self, log: RunLog) -> dict[str, dict]:
+        reports = {}
+        for i, (name, model) in enumerate(self.models.items()):
+            generator = torch.Generator(self.device).manual_seed(derive_seed(self.config.seed, _EVAL_NOISE, i))
+            report = evaluate(model, self.eval_source, self.config.eval_max_vectors, self.config.dense_threshold, generator)
+            report["split"] = self.eval_split
+            reports[name] = report
+            log.record("eval", step=self.step, dictionary=name, **report)
+            log.say(f"eval step {self.step} [{self.eval_split}] {name}: " + format_report(report))
+        return reports
+
+    def finish(self, log: RunLog) -> dict[str, dict]:
+        reports = self.evaluate(log)
+        sample = take_vectors(self.eval_source, self.config.curve_vectors).to(self.device, torch.float32)
+        curves = {}
+        for name, model in self.models.items():
+            folder = save_dictionary(model, self.out_dir / name)
+            (folder / "metrics.json").write_text(json.dumps({"step": self.step, **reports[name]}, indent=2) + "\n")
+            curves[name] = ad_re_curve(model, sample, self.config.curve_max_k)
+            write_curve_csv(curves[name], folder / "ad_re_curve.csv")
+            plot_ad_re_curves({name: curves[name]}, folder / "ad_re_curve.png")
+        plot_ad_re_curves(curves, self.out_dir / "ad_re_curves.png")
+        return reports
+
+
+# TrainConfig fields that change the trained weights; the others may differ on resume.
+_RESULT_FIELDS = ("epochs", "lr", "betas", "schedule", "seed", "precision", "normalize_input", "prepare_vectors")
+
+
+def format_report(report: dict) -> str:
+    """One readable line of an `evaluate` report."""
+    line = (f"RE(det) {report['re_deterministic']:.4g}  FVU(det) {report['fvu_deterministic']:.4f}  "
+            f"AD {report['ad_mean']:.2f}±{report['ad_std']:.2f} [{report['ad_method']}]  "
+            f"dead {report['dead_fraction']:.3f}  dense {report['dense_fraction']:.3f}")
+    if "re_sample" in report:
+        line += f"  RE(sample) {report['re_sample']:.4g}  γ {report['gamma']:.3g}"
+    return line
+
+
+def train(
+    dictionaries: Mapping[str, Dictionary | DictionaryConfig],
+    train_source: BatchSource,
+    out_dir: str | Path,
+    config: TrainConfig | None = None,
+    eval_source: BatchSource | None = None,
+) -> TrainResult:
+    """Train every dictionary in `dictionaries` (name → config or initialised model) on the same
+    batches of `train_source`; evaluate on `eval_source` (held out; the train source if None)
+    every `eval_every` steps and at the end; write everything to `out_dir` (module docstring).
+    Resumes automatically from `out_dir`'s checkpoint. Raises NonFiniteLossError on NaN/Inf."""
+    if not dictionaries:
+        raise ValueError("nothing to train: pass at least one dictionary")
+    config = config or TrainConfig()
+    run = _Run(dict(dictionaries), train_source, out_dir, config, eval_source)
+    run.start()
+    run_id = hashlib.sha1(json.dumps([str(run.out_dir.resolve()), run.signature]).encode()).hexdigest()[:12]
+    log = RunLog(run.out_dir / "log.jsonl", config.wandb_project, run.signature, wandb_id=f"interp-sae-{run_id}")
+    try:
+        run.run(log)
+        metrics = run.finish(log)
+    finally:
+        log.close()
+    return TrainResult(run.models, metrics, run.out_dir, run.step)

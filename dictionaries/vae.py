@@ -1,0 +1,132 @@
+"""VAEase and the plain VAE (SPEC §1): a Gaussian VAE with a linear decoder and learned decoder
+variance γ; VAEase feeds the decoder the gated sample (1 − σ) ⊙ z so latents whose posterior
+stays at the prior (σ → 1) are silenced per input.
+
+Loss per vector, batch-averaged (2 × negative ELBO, prior N(0, I), p(x|z) = N(x̂, γI)):
+    ‖x − x̂‖²/γ + d·log γ + d·log 2π + Σ_j (σ_j² + μ_j² − log σ_j²) − κ
+reported as the terms `recon` (‖x − x̂‖²/γ), `log_gamma` (d·log γ + d·log 2π) and `kl`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dictionaries.base import Dictionary, DictionaryConfig, LossTerms, squared_error
+from dictionaries.registry import register
+
+
+@dataclass(kw_only=True)
+class VAEaseConfig(DictionaryConfig):
+    """Defaults are the authors' LLM-activation settings (code)."""
+
+    architecture = "vaease"
+    encoder: Literal["swish_split", "mlp"] = "swish_split"
+    """`swish_split` (LLM code): h = swish(W₁x + b₁) ∈ R^{2κ}; μ = h[:κ];
+    σ² = max(sigmoid(W₂ h[κ:] + b₂), min_variance).
+    `mlp` (synthetic code): `encoder_layers` Linear layers of width 2κ with swish between them;
+    the last layer's output is split into μ and log σ², the latter clamped to ≤ 0 so σ ≤ 1.
+    How the synthetic code split its last layer is UNKNOWN; this is our reading."""
+    encoder_layers: int = 4
+    """Number of Linear layers of the `mlp` encoder (ignored by `swish_split`)."""
+    init_log_gamma: float = -10.0
+    """Initial log γ. The authors swept 0 … −10 on LLM activations and used −10; −0.5 on synthetic."""
+    min_variance: float = 1e-7
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.encoder not in ("swish_split", "mlp"):
+            raise ValueError(f"encoder must be 'swish_split' or 'mlp', got {self.encoder!r}")
+        if self.encoder == "mlp" and self.encoder_layers < 1:
+            raise ValueError(f"encoder_layers must be ≥ 1, got {self.encoder_layers}")
+
+
+@dataclass(kw_only=True)
+class VAEConfig(VAEaseConfig):
+    architecture = "vae"
+
+
+@register
+class VAEase(Dictionary):
+    config_class = VAEaseConfig
+    variational = True
+    gated = True
+
+    def __init__(self, config: VAEaseConfig) -> None:
+        super().__init__(config)
+        k, d = config.n_latents, config.d
+        if config.encoder == "swish_split":
+            self.encoder = nn.Linear(d, 2 * k)
+            self.variance_head = nn.Linear(k, k)
+        else:
+            widths = [d] + [2 * k] * config.encoder_layers
+            self.encoder = nn.Sequential()
+            for i, (w_in, w_out) in enumerate(zip(widths[:-1], widths[1:])):
+                if i:
+                    self.encoder.append(nn.SiLU())
+                self.encoder.append(nn.Linear(w_in, w_out))
+        self.log_gamma = nn.Parameter(torch.tensor(float(config.init_log_gamma)))
+
+    def _posterior(self, xn: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(μ, log σ²), each [B, κ], float32."""
+        k = self.config.n_latents
+        if self.config.encoder == "swish_split":
+            h = F.silu(self.encoder(xn))
+            mu, h2 = h[:, :k], h[:, k:]
+            var = torch.sigmoid(self.variance_head(h2).float()).clamp(min=self.config.min_variance)
+            return mu.float(), var.log()
+        out = self.encoder(xn).float()
+        return out[:, :k], out[:, k:].clamp(max=0.0)
+
+    def _code(self, mu: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+        """What the decoder sees for latent value `mu` (a sample or the mean)."""
+        return (1 - std) * mu if self.gated else mu
+
+    def _encode(self, xn: torch.Tensor) -> torch.Tensor:
+        """The gated mean (1 − σ) ⊙ μ for VAEase, μ for the VAE. Signed."""
+        mu, log_var = self._posterior(xn)
+        return self._code(mu, torch.exp(0.5 * log_var))
+
+    def latent_log_variance(self, x: torch.Tensor) -> torch.Tensor:
+        return self._posterior(x * self.input_scale)[1]
+
+    def _sample_reconstruction(
+        self, xn: torch.Tensor, generator: torch.Generator | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        mu, log_var = self._posterior(xn)
+        std = torch.exp(0.5 * log_var)
+        eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+        x_hat = self.decoder(self._code(mu + std * eps, std))
+        return x_hat, mu, log_var
+
+    def sample_reconstruction(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Reconstruction from one posterior sample (what the authors' RE reports)."""
+        return self._sample_reconstruction(x * self.input_scale, generator)[0] / self.input_scale
+
+    def _loss(self, xn: torch.Tensor, generator: torch.Generator | None) -> LossTerms:
+        x_hat, mu, log_var = self._sample_reconstruction(xn, generator)
+        d, k = self.config.d, self.config.n_latents
+        log_gamma = self.log_gamma.float()
+        return {
+            "recon": squared_error(xn, x_hat).mean() / log_gamma.exp(),
+            "log_gamma": d * log_gamma + d * math.log(2 * math.pi),
+            "kl": (log_var.exp() + mu.pow(2) - log_var).sum(-1).mean() - k,
+        }
+
+    @property
+    def gamma(self) -> float:
+        """Decoder noise variance γ, in normalised input units."""
+        return float(self.log_gamma.detach().exp())
+
+
+@register
+class VAE(VAEase):
+    """The plain VAE baseline: identical to VAEase except the decoder gets z, not (1 − σ) ⊙ z."""
+
+    config_class = VAEConfig
+    gated = False

@@ -1,0 +1,172 @@
+"""The trainer: learning, several dictionaries on one stream, NaN stops, resume."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import dictionaries as D
+from dictionaries.checkpoint import load_checkpoint
+
+QUIET = dict(progress=False, log_every=10_000, checkpoint_every=0)
+
+
+def subspace_data(n, d=8, dim=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    basis = torch.linalg.qr(torch.randn(d, dim, generator=g))[0]
+    return torch.randn(n, dim, generator=g) @ basis.T
+
+
+def read_log(out_dir, event):
+    lines = (Path(out_dir) / "log.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["event"] == event]
+
+
+@pytest.mark.slow
+def test_vaease_lowers_the_loss_and_finds_the_subspace_dimension(tmp_path):
+    train, test = D.train_test_split(subspace_data(6000), 0.1)
+    config = D.TrainConfig(epochs=16, lr=1e-2, schedule=D.ScheduleConfig(kind="constant"),
+                           progress=False, log_every=42, checkpoint_every=0)
+    result = D.train({"vaease": D.make_config("vaease", d=8, n_latents=6, init_log_gamma=-0.5)},
+                     D.TensorBatchSource(train, 128), tmp_path, config, D.TensorBatchSource(test, 200, shuffle=False))
+    losses = [r["loss"] for r in read_log(tmp_path, "train")]
+    assert losses[-1] < losses[0] - 5
+    metrics = result.metrics["vaease"]
+    assert metrics["split"] == "held_out" and metrics["fvu_deterministic"] < 0.05
+    assert abs(metrics["ad_mean"] - 2) < 0.5  # the data live in a 2-dimensional subspace
+    saved = json.loads((tmp_path / "vaease" / "metrics.json").read_text())
+    assert saved["ad_mean"] == metrics["ad_mean"]
+    assert (tmp_path / "vaease" / "ad_re_curve.csv").read_text().startswith("k,re_deterministic")
+    assert (tmp_path / "ad_re_curves.png").stat().st_size > 0
+
+
+def test_dictionaries_on_one_stream_train_as_if_alone(tmp_path):
+    data = subspace_data(512)
+    a = D.create(D.make_config("sae_l1", d=8, n_latents=6), seed=0)
+    b = D.create(D.make_config("sae_topk", d=8, n_latents=6, k=2), seed=1)
+    alone = D.create(D.make_config("sae_l1", d=8, n_latents=6), seed=0)
+    config = D.TrainConfig(epochs=2, **QUIET)
+    D.train({"a": a, "b": b}, D.TensorBatchSource(data, 64), tmp_path / "both", config)
+    D.train({"a": alone}, D.TensorBatchSource(data, 64), tmp_path / "alone", config)
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), alone.parameters()))
+    assert D.load_dictionary(tmp_path / "both" / "b").config.k == 2
+
+
+def test_input_normalisation_is_stored_in_the_dictionary(tmp_path):
+    data = subspace_data(512) * 40
+    config = D.TrainConfig(epochs=1, normalize_input=True, **QUIET)
+    result = D.train({"s": D.make_config("sae_l1", d=8, n_latents=6)}, D.TensorBatchSource(data, 64), tmp_path, config)
+    model = result.dictionaries["s"]
+    sample = D.take_vectors(D.TensorBatchSource(data, 64), config.prepare_vectors)
+    assert float((sample * model.input_scale).norm(dim=1).mean()) == pytest.approx(8**0.5, rel=1e-5)
+    loaded = D.load_dictionary(tmp_path / "s")
+    assert torch.equal(loaded(data), model(data)) and torch.equal(loaded.input_scale, model.input_scale)
+
+
+class PoisonedSource:
+    """Good batches, then a NaN batch at index `bad`."""
+
+    def __init__(self, bad):
+        self.inner, self.bad, self.d = D.TensorBatchSource(subspace_data(640), 64, seed=0), bad, 8
+
+    def num_batches(self, epoch):
+        return self.inner.num_batches(epoch)
+
+    def batches(self, epoch, start=0):
+        for i, batch in enumerate(self.inner.batches(epoch, start), start=start):
+            yield batch * float("nan") if (epoch, i) == (0, self.bad) else batch
+
+
+def test_nan_stops_training_naming_step_and_term_and_keeps_the_checkpoint(tmp_path):
+    config = D.TrainConfig(epochs=1, progress=False, log_every=100, checkpoint_every=2)
+    with pytest.raises(D.NonFiniteLossError) as error:
+        D.train({"s": D.make_config("sae_l1", d=8, n_latents=6)}, PoisonedSource(bad=5), tmp_path, config)
+    message = str(error.value)
+    assert "step 5 (epoch 0, batch 5), dictionary 's'" in message
+    assert "'recon': nan" in message and "'sparsity': nan" in message and "decoder_l2" not in message
+    assert "last good checkpoint" in message and "(step 4)" in message
+    tensors, state = load_checkpoint(tmp_path / D.trainer.CHECKPOINT_FILE)
+    assert state["step"] == 4 and all(torch.isfinite(t.float()).all() for t in tensors.values())
+    assert read_log(tmp_path, "nonfinite_loss")[0]["step"] == 5
+
+
+class InterruptedSource:
+    """Raises after `limit` batches, standing in for a kill."""
+
+    def __init__(self, inner, limit):
+        self.inner, self.limit, self.d, self.count = inner, limit, inner.d, 0
+
+    def num_batches(self, epoch):
+        return self.inner.num_batches(epoch)
+
+    def batches(self, epoch, start=0):
+        for batch in self.inner.batches(epoch, start):
+            if self.count == self.limit:
+                raise KeyboardInterrupt
+            self.count += 1
+            yield batch
+
+
+ALL_ARCHS = {
+    "vaease": {"init_log_gamma": -0.5}, "vae": {"encoder": "mlp", "encoder_layers": 2}, "sae_l1": {}, "sae_log": {},
+    "sae_topk": {"k": 2}, "wsae": {"estimator": "kurtosis"}, "topk_aux": {"k": 2, "aux_k": 3, "dead_after_tokens": 32},
+}
+
+
+@pytest.mark.slow
+def test_resume_in_process_equals_uninterrupted_for_every_architecture(tmp_path):
+    configs = {a: D.make_config(a, d=8, n_latents=6, **f) for a, f in ALL_ARCHS.items()}
+    source = D.TensorBatchSource(subspace_data(640), 64, seed=3)
+    config = D.TrainConfig(epochs=3, progress=False, log_every=100, checkpoint_every=4, prepare_vectors=64)
+    with pytest.raises(KeyboardInterrupt):  # 1 batch for preparation, 16 steps, checkpoint at 16
+        D.train(configs, InterruptedSource(source, 17), tmp_path / "resumed", config)
+    resumed = D.train(configs, source, tmp_path / "resumed", config)
+    straight = D.train(configs, source, tmp_path / "straight", config)
+    assert read_log(tmp_path / "resumed", "resume")[0]["step"] == 16
+    for name in configs:
+        for (key, a), b in zip(resumed.dictionaries[name].state_dict().items(),
+                               straight.dictionaries[name].state_dict().values()):
+            assert torch.equal(a, b), (name, key)
+        assert resumed.metrics[name] == straight.metrics[name]
+
+
+def test_resume_refuses_a_different_run(tmp_path):
+    source = D.TensorBatchSource(subspace_data(256), 64)
+    D.train({"s": D.make_config("sae_l1", d=8, n_latents=6)}, source, tmp_path, D.TrainConfig(epochs=1, **QUIET))
+    with pytest.raises(ValueError, match="different settings or data"):
+        D.train({"s": D.make_config("sae_l1", d=8, n_latents=7)}, source, tmp_path, D.TrainConfig(epochs=1, **QUIET))
+
+
+def run_script(out_dir):
+    return [sys.executable, str(Path(__file__).with_name("resume_run.py")), str(out_dir)]
+
+
+@pytest.mark.slow
+def test_killed_training_resumes_and_ends_where_an_uninterrupted_run_ends(tmp_path):
+    killed = tmp_path / "killed"
+    checkpoint = killed / D.trainer.CHECKPOINT_FILE
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    process = subprocess.Popen(run_script(killed), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    while not checkpoint.exists():  # poll for the first checkpoint, then kill at once
+        assert process.poll() is None, process.stderr.read().decode()
+        time.sleep(0.005)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    _, state = load_checkpoint(checkpoint)
+    total = sum(state["signature"]["steps_per_epoch"])
+    assert 0 < state["step"] < total, "the run finished before it was killed: make it longer"
+
+    subprocess.run(run_script(killed), env=env, check=True, capture_output=True)
+    subprocess.run(run_script(tmp_path / "straight"), env=env, check=True, capture_output=True)
+    assert read_log(killed, "resume")[0]["step"] >= state["step"]
+    for name in ("vaease", "sae_l1", "topk_aux"):
+        a = load_file(killed / name / "model.safetensors")
+        b = load_file(tmp_path / "straight" / name / "model.safetensors")
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
