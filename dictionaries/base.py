@@ -60,6 +60,7 @@ class Dictionary(nn.Module):
     def __init__(self, config: DictionaryConfig) -> None:
         super().__init__()
         self.config = config
+        self.metadata: dict[str, Any] = {}  # provenance saved in config.json (see io.py)
         self.decoder = nn.Linear(config.n_latents, config.d)
         # x_normalised = x * input_scale. 1 unless the trainer normalised inputs.
         self.register_buffer("input_scale", torch.ones(()))

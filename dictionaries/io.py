@@ -1,6 +1,8 @@
 """A dictionary on disk: a folder with `config.json` and `model.safetensors`. No pickle.
 
-config.json = {"format_version": 1, "architecture": "...", "config": {...}}; the safetensors
+config.json = {"format_version": 1, "architecture": "...", "config": {...}, "metadata": {...}};
+`metadata` is provenance that does not change the outputs (hook name, model, dataset, context
+length, training settings, final metrics), kept on the model as `model.metadata`. The safetensors
 file holds every parameter and buffer (including the input scale and any WSAE weights), so a
 loaded dictionary reproduces the saved one's outputs exactly.
 """
@@ -28,11 +30,14 @@ def _atomic_write(path: Path, write) -> None:
     os.replace(tmp, path)
 
 
-def save_dictionary(model: Dictionary, path: str | Path) -> Path:
-    """Write `model` to the folder `path` (created if needed); returns the folder."""
+def save_dictionary(model: Dictionary, path: str | Path, metadata: dict | None = None) -> Path:
+    """Write `model` to the folder `path` (created if needed); returns the folder. `metadata`
+    (JSON-serialisable) is merged over `model.metadata` and saved with it."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    header = {"format_version": FORMAT_VERSION, "architecture": model.architecture, "config": model.config.to_dict()}
+    model.metadata = {**model.metadata, **(metadata or {})}
+    header = {"format_version": FORMAT_VERSION, "architecture": model.architecture,
+              "config": model.config.to_dict(), "metadata": model.metadata}
     tensors = {name: t.detach().cpu().contiguous() for name, t in model.state_dict().items()}
     meta = {"format_version": str(FORMAT_VERSION), "architecture": model.architecture}
     _atomic_write(path / WEIGHTS_FILE, lambda tmp: save_file(tensors, tmp, metadata=meta))
@@ -73,4 +78,5 @@ def load_dictionary(path: str | Path, device: str | torch.device = "cpu") -> Dic
                 f"(d={config.d}, n_latents={config.n_latents}) needs {tuple(expected[name].shape)}"
             )
     model.load_state_dict(tensors)
+    model.metadata = header.get("metadata", {})
     return model.to(device)

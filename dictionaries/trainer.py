@@ -130,8 +130,8 @@ def training_step(
 class _Run:
     """The state of one `train` call; methods are the phases of the loop."""
 
-    def __init__(self, dictionaries, train_source, out_dir, config, eval_source) -> None:
-        self.config, self.train_source = config, train_source
+    def __init__(self, dictionaries, train_source, out_dir, config, eval_source, metadata) -> None:
+        self.config, self.train_source, self.metadata = config, train_source, metadata
         self.eval_source = eval_source or train_source
         self.eval_split = "held_out" if eval_source is not None else "train"
         self.out_dir = Path(out_dir)
@@ -283,7 +283,8 @@ class _Run:
         sample = take_vectors(self.eval_source, self.config.curve_vectors).to(self.device, torch.float32)
         curves = {}
         for name, model in self.models.items():
-            folder = save_dictionary(model, self.out_dir / name)
+            folder = save_dictionary(model, self.out_dir / name, metadata={
+                **self.metadata, "training": self.config.to_dict(), "metrics": reports[name]})
             (folder / "metrics.json").write_text(json.dumps({"step": self.step, **reports[name]}, indent=2) + "\n")
             curves[name] = ad_re_curve(model, sample, self.config.curve_max_k)
             write_curve_csv(curves[name], folder / "ad_re_curve.csv")
@@ -312,15 +313,17 @@ def train(
     out_dir: str | Path,
     config: TrainConfig | None = None,
     eval_source: BatchSource | None = None,
+    metadata: dict | None = None,
 ) -> TrainResult:
     """Train every dictionary in `dictionaries` (name → config or initialised model) on the same
     batches of `train_source`; evaluate on `eval_source` (held out; the train source if None)
     every `eval_every` steps and at the end; write everything to `out_dir` (module docstring).
-    Resumes automatically from `out_dir`'s checkpoint. Raises NonFiniteLossError on NaN/Inf."""
+    Resumes automatically from `out_dir`'s checkpoint. Raises NonFiniteLossError on NaN/Inf.
+    `metadata` (provenance: hook, model, dataset, ...) is saved in every dictionary's config.json."""
     if not dictionaries:
         raise ValueError("nothing to train: pass at least one dictionary")
     config = config or TrainConfig()
-    run = _Run(dict(dictionaries), train_source, out_dir, config, eval_source)
+    run = _Run(dict(dictionaries), train_source, out_dir, config, eval_source, metadata or {})
     run.start()
     run_id = hashlib.sha1(json.dumps([str(run.out_dir.resolve()), run.signature]).encode()).hexdigest()[:12]
     log = RunLog(run.out_dir / "log.jsonl", config.wandb_project, run.signature, wandb_id=f"interp-sae-{run_id}")

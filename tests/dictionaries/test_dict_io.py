@@ -93,3 +93,11 @@ def test_missing_tensor_is_refused(saved):
 def test_missing_folder_is_explained(tmp_path):
     with pytest.raises(FileNotFoundError, match="config.json"):
         D.load_dictionary(tmp_path / "nothing")
+
+
+def test_provenance_metadata_is_saved_and_reloaded(tmp_path):
+    model = D.create(D.make_config("sae_l1", d=4, n_latents=8), seed=0)
+    D.save_dictionary(model, tmp_path, metadata={"hook_name": "blocks.3.hook_resid_post", "context_length": 128})
+    assert json.loads((tmp_path / "config.json").read_text())["metadata"] == {
+        "hook_name": "blocks.3.hook_resid_post", "context_length": 128}
+    assert D.load_dictionary(tmp_path).metadata == {"hook_name": "blocks.3.hook_resid_post", "context_length": 128}
