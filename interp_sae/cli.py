@@ -15,6 +15,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    rich_markup_mode="markdown",  # joins docstring lines into paragraphs in --help
 )
 
 _DEFAULTS = HarvestConfig(out="")
@@ -84,6 +85,70 @@ def verify(store: Path = typer.Argument(..., help="Store folder to check.")) -> 
         raise typer.Exit(code=1)
     typer.echo("all shards intact")
 
+
+@app.command()
+def train(
+    store: Path = typer.Argument(..., help="Activation store folder (from `interp-sae harvest`)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Run folder: checkpoint, log.jsonl, AD–RE curves, one subfolder per dictionary. Rerun the same command to resume."),
+    hook: Optional[str] = typer.Option(None, help="Hook to train on (default: the store's only hook)."),
+    arch: List[str] = typer.Option(["vaease"], "--arch", help="Architecture; repeat to train several on the same batches: vaease, vae, sae_l1, sae_log, sae_topk, wsae, topk_aux."),
+    latents: List[int] = typer.Option([300], "--latents", help="Number of features κ; repeat for a size sweep (each --arch × each size)."),
+    set_: List[str] = typer.Option([], "--set", help="Architecture hyperparameter ARCH.FIELD=VALUE, e.g. sae_topk.k=32, sae_l1.l1_coefficient=0.1, wsae.estimator=kurtosis, wsae.encoder=topk."),
+    epochs: int = typer.Option(35, help="Passes over the training split (paper default 35)."),
+    lr: float = typer.Option(5e-3, help="Adam learning rate (paper default 5e-3)."),
+    batch_size: int = typer.Option(2048, help="Vectors per step (paper default 2048)."),
+    schedule: str = typer.Option("cosine_warm_restarts", help="cosine_warm_restarts (paper: T0=5 batches, Tmult=2, stepped per batch), constant, warmup_constant, warmup_cosine."),
+    warmup_steps: int = typer.Option(1000, help="Warm-up length for the warmup_* schedules."),
+    seed: int = typer.Option(114514, help="Seed of initialisation, batch order and VAE noise (paper: 114514)."),
+    val_fraction: float = typer.Option(0.1, help="Fraction of documents held out for evaluation (paper: 90/10)."),
+    precision: str = typer.Option("fp32", help="fp32, or bf16 autocast of the forward pass (parameters stay fp32)."),
+    normalize_input: bool = typer.Option(False, help="Scale inputs to mean norm √d during training; folded back on save."),
+    device: str = typer.Option("auto", help="auto (cuda when present, else cpu), cpu, cuda, cuda:1, ..."),
+    checkpoint_every: int = typer.Option(1000, help="Steps between checkpoints (atomic; the resume points)."),
+    eval_every: int = typer.Option(0, help="Steps between held-out evaluations (0: only at the end)."),
+    wandb_project: Optional[str] = typer.Option(None, help="Also log to this Weights & Biases project (needs `wandb`)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Train one or more dictionaries on a store's hook, all on the same shuffled batches.
+
+    Metrics on the held-out documents (RE, FVU, AD, L0, dead/dense fractions, γ) are printed,
+    logged to log.jsonl and saved next to each dictionary with its AD–RE curve. Kill it at any
+    time: the same command resumes from the last checkpoint.
+    """
+    import dictionaries as D
+
+    from interp_sae.train_from_store import choose_hook, dictionary_configs, parse_overrides, train_from_store
+
+    try:
+        from activation_cache import ActivationStore
+
+        opened = ActivationStore(store)
+        d = opened.d(choose_hook(opened, hook))
+        configs = dictionary_configs(list(arch), list(latents), d, parse_overrides(list(set_)))
+        train_config = D.TrainConfig(
+            epochs=epochs, lr=lr, seed=seed, device=device, precision=precision, normalize_input=normalize_input,
+            schedule=D.ScheduleConfig(kind=schedule, warmup_steps=warmup_steps),
+            checkpoint_every=checkpoint_every, eval_every=eval_every, wandb_project=wandb_project, progress=not quiet,
+        )
+        train_from_store(store, configs, out, train_config, hook=hook, batch_size=batch_size,
+                         val_fraction=val_fraction)
+    except (ValueError, RuntimeError, OSError, KeyError) as exc:
+        _fail(exc)
+
+
+def _register_command_modules() -> None:
+    """Command groups that live in their own modules add themselves to ``app`` here."""
+    import importlib
+
+    for module in ("interp_sae.cli_share", "interp_sae.cli_inspect"):
+        try:
+            importlib.import_module(module).register(app)
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+
+
+_register_command_modules()
 
 if __name__ == "__main__":
     app()

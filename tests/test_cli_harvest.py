@@ -1,6 +1,7 @@
 """The harvest and verify commands as a user runs them: a real process, a model folder on disk."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -10,7 +11,8 @@ CLI = [sys.executable, "-m", "interp_sae.cli"]
 
 
 def run(*args):
-    return subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True)
+    wide = {**os.environ, "COLUMNS": "200"}  # rich wraps and elides option names in narrow terminals
+    return subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, env=wide)
 
 
 def test_help_explains_every_harvest_option():
