@@ -66,8 +66,11 @@ class HarvestConfig:
     store_dtype: str = "bfloat16"
     model_dtype: str = "float32"
     device: str = "auto"
+    on_nonfinite: str = "stop"  # or "skip": leave NaN/Inf positions out of training and count them
 
     def __post_init__(self) -> None:
+        if self.on_nonfinite not in ("stop", "skip"):
+            raise HarvestError(f"on-nonfinite must be 'stop' or 'skip', got {self.on_nonfinite!r}")
         for name in ("tokens", "context_length", "batch_size", "shard_tokens"):
             if getattr(self, name) <= 0:
                 raise HarvestError(f"{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
@@ -300,7 +303,8 @@ def _repair(config: HarvestConfig, model: LanguageModel, manifest: Manifest, out
             )
         bar = tqdm(total=record.rows * config.context_length, unit="tok", unit_scale=True,
                    desc=f"repair shard {index}", disable=not progress)
-        tensors = _compute_shard(model, block, hooks, stop, config.batch_size, store_dtype, record.first_row, bar)
+        tensors, record.nonfinite_positions = _compute_shard(
+            model, block, hooks, stop, config.batch_size, store_dtype, record.first_row, bar, config.on_nonfinite)
         bar.close()
         # Same device and dtype give the same bytes; another device may differ in low bits.
         record.bytes, record.sha256 = write_shard_file(out / record.file, tensors, index)
@@ -326,18 +330,18 @@ def _run(config: HarvestConfig, model: LanguageModel, manifest: Manifest, out: P
             if block is None:
                 exhausted = True
                 break
-            tensors = _compute_shard(model, block, hooks, stop, config.batch_size, store_dtype,
-                                     first_row=produced, bar=bar)
-            writer.submit(tensors, rows=len(block.token_ids),
-                          valid_tokens=int((block.doc_ids >= 0).sum()), end_state=block.end_state)
+            tensors, skipped = _compute_shard(model, block, hooks, stop, config.batch_size, store_dtype,
+                                              first_row=produced, bar=bar, on_nonfinite=config.on_nonfinite)
+            writer.submit(tensors, rows=len(block.token_ids), valid_tokens=int((block.doc_ids >= 0).sum()),
+                          end_state=block.end_state, nonfinite_positions=skipped)
             produced += len(block.token_ids)
             bar.set_postfix_str(f"written {written['bytes'] / 2**20:,.0f} MiB", refresh=False)
             if len(block.token_ids) < block_rows:
                 exhausted = True
                 break
     finally:
-        writer.close()
         bar.close()
+        writer.close()
     if manifest.valid_tokens == 0:
         raise HarvestError(
             f"the corpus {config.dataset!r} gave no tokens: it is empty, or every document is blank"
@@ -350,27 +354,40 @@ def _run(config: HarvestConfig, model: LanguageModel, manifest: Manifest, out: P
 
 
 def _compute_shard(model: LanguageModel, block: PackedRows, hooks: list[str], stop: int | None,
-                   batch_size: int, store_dtype: torch.dtype, first_row: int, bar) -> dict[str, torch.Tensor]:
+                   batch_size: int, store_dtype: torch.dtype, first_row: int, bar,
+                   on_nonfinite: str = "stop") -> tuple[dict[str, torch.Tensor], int]:
+    """Run the block's rows through the model. Returns the shard's tensors and the number of
+    positions skipped for non-finite activations (``on_nonfinite="skip"``: their vectors are
+    zeroed and their doc id set to -1, so no reader trains on them)."""
     n_rows, ctx = block.token_ids.shape
     token_ids = torch.from_numpy(block.token_ids)
+    doc_ids = torch.from_numpy(block.doc_ids)
+    nonfinite = torch.zeros(n_rows * ctx, dtype=torch.bool)
     stored: dict[str, torch.Tensor] = {}
     for start in range(0, n_rows, batch_size):
         ids = token_ids[start : start + batch_size].to(model.device)
-        acts = _forward(model, ids, hooks, stop)
-        for h, a in acts.items():
-            bad = ~torch.isfinite(a)
+        span = slice(start * ctx, (start + len(ids)) * ctx)
+        for h, a in _forward(model, ids, hooks, stop).items():
+            # Checked after the cast: a float16 store overflows where the model did not.
+            a = a.reshape(-1, a.shape[-1]).to(store_dtype).cpu()
+            bad = ~torch.isfinite(a).all(-1)
             if bad.any():
-                row, pos = (int(v) for v in bad.any(-1).nonzero()[0])
-                raise HarvestError(
-                    f"non-finite activation at hook {h!r}, row {first_row + start + row}, position {pos} "
-                    f"(document {int(block.doc_ids[start + row, pos])}). Try --model-dtype float32."
-                )
+                row, pos = divmod(span.start + int(bad.nonzero()[0]), ctx)
+                if on_nonfinite == "stop":
+                    raise HarvestError(
+                        f"non-finite activation at hook {h!r}, row {first_row + row}, position {pos} "
+                        f"(document {int(doc_ids[row, pos])}). Run the model in float32 (--model-dtype) and "
+                        "store bfloat16 or float32 (--store-dtype), or pass --on-nonfinite skip to leave "
+                        "such positions out and count them."
+                    )
+                a = a.masked_fill(bad[:, None], 0)
+                nonfinite[span] |= bad
             if h not in stored:
                 stored[h] = torch.empty((n_rows * ctx, a.shape[-1]), dtype=store_dtype)
-            stored[h][start * ctx : (start + len(ids)) * ctx] = a.reshape(-1, a.shape[-1]).to(store_dtype).cpu()
+            stored[h][span] = a
         bar.update(len(ids) * ctx)
+    doc_ids.view(-1)[nonfinite] = -1
     stored[TOKEN_IDS] = token_ids
-    stored[DOC_IDS] = torch.from_numpy(block.doc_ids)
+    stored[DOC_IDS] = doc_ids
     stored[DOC_POSITIONS] = torch.from_numpy(block.doc_positions)
-    return stored
-
+    return stored, int(nonfinite.sum())

@@ -72,6 +72,7 @@ class ShardRecord:
     bytes: int
     sha256: str
     end_state: PackerState
+    nonfinite_positions: int = 0  # positions left out because an activation was NaN/Inf
 
 
 @dataclass
@@ -117,6 +118,10 @@ class Manifest:
     def bytes(self) -> int:
         return sum(s.bytes for s in self.shards)
 
+    @property
+    def nonfinite_positions(self) -> int:
+        return sum(s.nonfinite_positions for s in self.shards)
+
     def hook(self, name: str) -> HookRecord:
         for hook in self.hooks:
             if hook.name == name:
@@ -138,6 +143,7 @@ class Manifest:
             "valid_tokens": self.valid_tokens,
             "bytes": self.bytes,
             "shards": len(self.shards),
+            "nonfinite_positions": self.nonfinite_positions,
         }
         return data
 

@@ -40,10 +40,10 @@ class ShardWriter:
         self._thread.start()
 
     def submit(self, tensors: dict[str, torch.Tensor], rows: int, valid_tokens: int,
-               end_state: PackerState) -> None:
+               end_state: PackerState, nonfinite_positions: int = 0) -> None:
         """Queue a shard (blocks while the queue is full, which bounds memory)."""
         self.raise_if_failed()
-        self._queue.put((tensors, rows, valid_tokens, end_state))
+        self._queue.put((tensors, rows, valid_tokens, end_state, nonfinite_positions))
 
     def close(self) -> None:
         """Wait for every queued shard to be committed."""
@@ -68,7 +68,7 @@ class ShardWriter:
                 self.error = exc
 
     def _commit(self, tensors: dict[str, torch.Tensor], rows: int, valid_tokens: int,
-                end_state: PackerState) -> None:
+                end_state: PackerState, nonfinite_positions: int) -> None:
         index = len(self.manifest.shards)
         name = shard_file_name(index)
         size, digest = write_shard_file(self.root / name, tensors, index)
@@ -80,6 +80,7 @@ class ShardWriter:
             bytes=size,
             sha256=digest,
             end_state=end_state,
+            nonfinite_positions=nonfinite_positions,
         )
         self.manifest.shards.append(record)
         try:

@@ -43,6 +43,7 @@ def harvest(
     store_dtype: str = typer.Option(_DEFAULTS.store_dtype, help="Activation dtype on disk: bfloat16 (default: half of float32's disk, no float16 overflow), float16 or float32."),
     model_dtype: str = typer.Option(_DEFAULTS.model_dtype, help="Dtype the model runs in: float32, bfloat16 or float16."),
     device: str = typer.Option(_DEFAULTS.device, help="auto (cuda when present, else cpu), cpu, cuda, cuda:1, ..."),
+    on_nonfinite: str = typer.Option(_DEFAULTS.on_nonfinite, help="What a NaN/Inf activation does: stop (with its row, position and document), or skip (leave the position out of training and count it in the manifest)."),
     repair: bool = typer.Option(False, help="First re-harvest the shards that fail their checksum (see `interp-sae verify`), and only those."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
@@ -59,7 +60,7 @@ def harvest(
             out=str(out), model=model, revision=revision, hooks=list(hook), dataset=dataset,
             dataset_config=dataset_config, split=split, text_column=text_column, tokens=tokens,
             context_length=context_length, batch_size=batch_size, shard_tokens=shard_tokens,
-            store_dtype=store_dtype, model_dtype=model_dtype, device=device,
+            store_dtype=store_dtype, model_dtype=model_dtype, device=device, on_nonfinite=on_nonfinite,
         )
         run_harvest(config, progress=not quiet, repair=repair)
     except (ValueError, RuntimeError, OSError) as exc:
