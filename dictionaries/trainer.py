@@ -166,6 +166,8 @@ class _Run:
 
     # --- set-up and resume -------------------------------------------------------------------
     def start(self) -> None:
+        for stale in self.out_dir.glob(f".{CHECKPOINT_FILE}.tmp*"):
+            stale.unlink()  # a checkpoint half-written when a run was killed; the previous one stands
         if self.checkpoint_path.exists():
             self._restore()
             return

@@ -1,11 +1,36 @@
 """Helper for test_dict_trainer: train a fixed small run in OUT_DIR (resuming if a checkpoint
-exists). Run as `python resume_run.py OUT_DIR`."""
+exists). Run as `python resume_run.py OUT_DIR [KILL_ON NTH]`, where KILL_ON makes the process
+SIGKILL itself at an exact point of its NTH checkpoint write (a real kill: no cleanup runs):
 
+  checkpoint-written   the checkpoint's temporary file is complete, not yet renamed into place
+  checkpoint-renamed   the new checkpoint is in place
+"""
+
+import os
+import signal
 import sys
 
 import torch
 
 import dictionaries as D
+from dictionaries import checkpoint
+
+
+def kill_on(kind: str, nth: int) -> None:
+    real_replace, calls = os.replace, {"n": 0}
+
+    def replace(src, dst):
+        if str(dst).endswith(D.trainer.CHECKPOINT_FILE):
+            calls["n"] += 1
+            if calls["n"] == nth and kind == "checkpoint-written":
+                os.kill(os.getpid(), signal.SIGKILL)
+            real_replace(src, dst)
+            if calls["n"] == nth and kind == "checkpoint-renamed":
+                os.kill(os.getpid(), signal.SIGKILL)
+        else:
+            real_replace(src, dst)
+
+    checkpoint.os.replace = replace
 
 
 def main(out_dir: str) -> None:
@@ -21,4 +46,6 @@ def main(out_dir: str) -> None:
 
 
 if __name__ == "__main__":
+    if len(sys.argv) > 2:
+        kill_on(sys.argv[2], int(sys.argv[3]))
     main(sys.argv[1])

@@ -5,7 +5,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -144,29 +143,33 @@ def test_resume_refuses_a_different_run(tmp_path):
         D.train({"s": D.make_config("sae_l1", d=8, n_latents=7)}, source, tmp_path, D.TrainConfig(epochs=1, **QUIET))
 
 
-def run_script(out_dir):
-    return [sys.executable, str(Path(__file__).with_name("resume_run.py")), str(out_dir)]
+def run_script(out_dir, *kill):
+    script = Path(__file__).with_name("resume_run.py")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    return subprocess.run([sys.executable, str(script), str(out_dir), *map(str, kill)], env=env,
+                          capture_output=True, text=True)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("straight")
+    assert run_script(out).returncode == 0
+    return out
 
 
 @pytest.mark.slow
-def test_killed_training_resumes_and_ends_where_an_uninterrupted_run_ends(tmp_path):
-    killed = tmp_path / "killed"
-    checkpoint = killed / D.trainer.CHECKPOINT_FILE
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
-    process = subprocess.Popen(run_script(killed), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    while not checkpoint.exists():  # poll for the first checkpoint, then kill at once
-        assert process.poll() is None, process.stderr.read().decode()
-        time.sleep(0.005)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    _, state = load_checkpoint(checkpoint)
-    total = sum(state["signature"]["steps_per_epoch"])
-    assert 0 < state["step"] < total, "the run finished before it was killed: make it longer"
+@pytest.mark.parametrize("kill_on, resumed_from", [("checkpoint-written", 20), ("checkpoint-renamed", 30)])
+def test_killed_training_resumes_and_ends_where_an_uninterrupted_run_ends(tmp_path, uninterrupted_run, kill_on,
+                                                                          resumed_from):
+    killed = run_script(tmp_path, kill_on, 3)  # during/after the 3rd checkpoint write (steps 10, 20, 30)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    _, state = load_checkpoint(tmp_path / D.trainer.CHECKPOINT_FILE)
+    assert state["step"] == resumed_from  # a half-written checkpoint is never the one in place
 
-    subprocess.run(run_script(killed), env=env, check=True, capture_output=True)
-    subprocess.run(run_script(tmp_path / "straight"), env=env, check=True, capture_output=True)
-    assert read_log(killed, "resume")[0]["step"] >= state["step"]
+    assert run_script(tmp_path).returncode == 0
+    assert read_log(tmp_path, "resume")[0]["step"] == resumed_from
+    assert not list(tmp_path.glob(".*.tmp*")), "the killed run's temporary checkpoint was left behind"
     for name in ("vaease", "sae_l1", "topk_aux"):
-        a = load_file(killed / name / "model.safetensors")
-        b = load_file(tmp_path / "straight" / name / "model.safetensors")
+        a = load_file(tmp_path / name / "model.safetensors")
+        b = load_file(uninterrupted_run / name / "model.safetensors")
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
