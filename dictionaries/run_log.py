@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +23,12 @@ def _json_safe(value: Any) -> Any:
 
 class RunLog:
     def __init__(self, path: str | Path, wandb_project: str | None = None, wandb_config: dict | None = None,
-                 wandb_id: str | None = None) -> None:
-        self._file = open(path, "a")
+                 wandb_id: str | None = None, enabled: bool = True) -> None:
+        """`enabled=False` (the non-zero ranks of a distributed run) records and prints nothing."""
+        self.enabled = enabled
+        self._file = open(path if enabled else os.devnull, "a")
         self._wandb = None
-        if wandb_project:
+        if wandb_project and enabled:
             try:
                 import wandb
             except ImportError:
@@ -41,9 +44,9 @@ class RunLog:
                        if isinstance(v, (int, float)) and k != "step"}
             self._wandb.log(numbers, step=fields["step"])
 
-    @staticmethod
-    def say(line: str) -> None:
-        tqdm.write(line)
+    def say(self, line: str) -> None:
+        if self.enabled:
+            tqdm.write(line)
 
     def close(self) -> None:
         self._file.close()

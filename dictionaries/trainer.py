@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 from dictionaries.base import Dictionary, DictionaryConfig, LossTerms
 from dictionaries.checkpoint import load_checkpoint, optimizer_from_flat, optimizer_to_flat, save_checkpoint
 from dictionaries.data import BatchSource, derive_seed, take_vectors
+from dictionaries.distributed import Cluster, LossModule, join_cluster, local_device
 from dictionaries.io import save_dictionary
 from dictionaries.metrics import ad_re_curve, evaluate, plot_ad_re_curves, write_curve_csv
 from dictionaries.registry import create
@@ -111,17 +112,20 @@ def training_step(
     batch: torch.Tensor,
     generator: torch.Generator | None = None,
     precision: str = "fp32",
+    replica: torch.nn.Module | None = None,
+    cluster: Cluster = Cluster(),
 ) -> LossTerms:
     """One optimiser step on `batch`; returns the detached loss terms. Raises
-    NonFiniteLossError naming the bad terms *before* the parameters change."""
+    NonFiniteLossError naming the bad terms *before* the parameters change. Under DDP,
+    `replica` is the wrapped `LossModule` whose backward averages gradients across ranks."""
     optimizer.zero_grad(set_to_none=True)
     with torch.autocast(device_type=batch.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-        terms = model.loss(batch, generator)
+        terms = replica(batch, generator) if replica is not None else model.loss(batch, generator)
     sum(terms.values()).backward()
     values = torch.stack([t.detach().float() for t in terms.values()])
-    if not bool(torch.isfinite(values).all()):  # the one host sync per step
+    if not cluster.all_true(torch.isfinite(values).all()):  # the one host sync per step
         bad = {name: v for name, v in zip(terms, values.tolist()) if not math.isfinite(v)}
-        raise NonFiniteLossError(f"loss term(s) {bad} not finite")
+        raise NonFiniteLossError(f"loss term(s) {bad or '(on another rank)'} not finite")
     optimizer.step()
     model.after_optimizer_step()
     return {name: t.detach() for name, t in terms.items()}
@@ -136,20 +140,22 @@ class _Run:
         self.eval_split = "held_out" if eval_source is not None else "train"
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        self.device = resolve_device(config.device)
+        self.device = local_device(resolve_device(config.device))
+        self.cluster = join_cluster(self.device)
         self.models: dict[str, Dictionary] = {}
         for i, (name, spec) in enumerate(dictionaries.items()):
             model = create(spec, seed=derive_seed(config.seed, _INIT, i)) if isinstance(spec, DictionaryConfig) else spec
             if model.config.d != train_source.d:
                 raise ValueError(f"dictionary {name!r} has d={model.config.d} but the batches have d={train_source.d}")
             self.models[name] = model.to(self.device).train()
+        self.replicas = {name: self.cluster.wrap(LossModule(m), self.device) for name, m in self.models.items()}
         fused = self.device.type == "cuda"  # one kernel per step on GPU; the CPU path stays the reference
         self.optimizers = {
             name: torch.optim.Adam(m.parameters(), lr=config.lr, betas=config.betas, fused=fused)
             for name, m in self.models.items()
         }
         self.generators = {
-            name: torch.Generator(self.device).manual_seed(derive_seed(config.seed, _NOISE, i))
+            name: torch.Generator(self.device).manual_seed(derive_seed(config.seed, _NOISE, i, self.cluster.rank))
             for i, name in enumerate(self.models)
         }
         self.steps_per_epoch = [train_source.num_batches(e) for e in range(config.epochs)]
@@ -158,6 +164,7 @@ class _Run:
             "train": {k: v for k, v in config.to_dict().items() if k in _RESULT_FIELDS},
             "dictionaries": {name: [m.architecture, m.config.to_dict()] for name, m in self.models.items()},
             "steps_per_epoch": self.steps_per_epoch,
+            "world_size": self.cluster.world_size,
         }
         self.checkpoint_path = self.out_dir / CHECKPOINT_FILE
         self.epoch = self.batch = self.step = 0
@@ -166,8 +173,9 @@ class _Run:
 
     # --- set-up and resume -------------------------------------------------------------------
     def start(self) -> None:
-        for stale in self.out_dir.glob(f".{CHECKPOINT_FILE}.tmp*"):
-            stale.unlink()  # a checkpoint half-written when a run was killed; the previous one stands
+        if self.cluster.is_main:
+            for stale in self.out_dir.glob(f".{CHECKPOINT_FILE}.tmp*"):
+                stale.unlink()  # a checkpoint half-written when a run was killed; the previous one stands
         if self.checkpoint_path.exists():
             self._restore()
             return
@@ -178,22 +186,24 @@ class _Run:
                 model.input_scale.fill_(scale)
         for model in self.models.values():
             model.prepare(sample)
-        (self.out_dir / "train_config.json").write_text(json.dumps(
+        if self.cluster.is_main:
+            (self.out_dir / "train_config.json").write_text(json.dumps(
             {"train": self.config.to_dict(), "dictionaries": self.signature["dictionaries"],
-             "steps_per_epoch": self.steps_per_epoch, "eval_split": self.eval_split}, indent=2) + "\n")
+                 "steps_per_epoch": self.steps_per_epoch, "eval_split": self.eval_split}, indent=2) + "\n")
 
     def _restore(self) -> None:
         tensors, state = load_checkpoint(self.checkpoint_path)
         if state["signature"] != json.loads(json.dumps(self.signature)):
+            differ = sorted(k for k in self.signature if state["signature"].get(k) != json.loads(json.dumps(self.signature[k])))
             raise ValueError(
-                f"{self.checkpoint_path} belongs to a run with different settings or data; "
+                f"{self.checkpoint_path} belongs to a run with different {', '.join(differ)}; "
                 "use a new out_dir, or delete the checkpoint to start over"
             )
         for name, model in self.models.items():
             prefix = f"{name}/model."
             model.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
             optimizer_from_flat(self.optimizers[name], tensors, f"{name}/optim.", state["param_groups"][name])
-            self.generators[name].set_state(tensors[f"{name}/generator"])
+            self.generators[name].set_state(tensors[f"{name}/generator/rank{self.cluster.rank}"])
         self.epoch, self.batch, self.step = state["epoch"], state["batch"], state["step"]
         self.last_checkpoint_step = self.step
 
@@ -203,10 +213,13 @@ class _Run:
             tensors.update({f"{name}/model.{k}": v for k, v in model.state_dict().items()})
             flat, groups[name] = optimizer_to_flat(self.optimizers[name], f"{name}/optim.")
             tensors.update(flat)
-            tensors[f"{name}/generator"] = self.generators[name].get_state()
+            for rank, generator_state in enumerate(self.cluster.gather(self.generators[name].get_state(), self.device)):
+                tensors[f"{name}/generator/rank{rank}"] = generator_state
         state = {"signature": self.signature, "param_groups": groups,
                  "epoch": self.epoch, "batch": self.batch, "step": self.step}
-        save_checkpoint(self.checkpoint_path, tensors, state)
+        if self.cluster.is_main:
+            save_checkpoint(self.checkpoint_path, tensors, state)
+        self.cluster.barrier()  # no rank goes on (or resumes) before the checkpoint is in place
         self.last_checkpoint_step = self.step
 
     # --- the loop ------------------------------------------------------------------------------
@@ -215,13 +228,14 @@ class _Run:
         if self.step:
             log.say(f"resuming from step {self.step} (epoch {self.epoch}, batch {self.batch})")
             log.record("resume", step=self.step, epoch=self.epoch, batch=self.batch)
-        bar = tqdm(total=self.total_steps, initial=self.step, unit="step", disable=not cfg.progress, dynamic_ncols=True)
+        bar = tqdm(total=self.total_steps, initial=self.step, unit="step", dynamic_ncols=True,
+                   disable=not (cfg.progress and self.cluster.is_main))
         sums: dict[str, torch.Tensor | None] = {name: None for name in self.models}
         window_start, window_tokens, window_steps = time.perf_counter(), 0, 0
         for epoch in range(self.epoch, cfg.epochs):
             start = self.batch if epoch == self.epoch else 0
             for batch_index, batch in enumerate(self.train_source.batches(epoch, start), start=start):
-                x = batch.to(self.device, torch.float32, non_blocking=True)
+                x = self.cluster.local_slice(batch.to(self.device, torch.float32, non_blocking=True))
                 lr = learning_rate(cfg.schedule, cfg.lr, self.step, self.total_steps)
                 for name, model in self.models.items():
                     terms = self._step(name, model, x, lr, epoch, batch_index, log)
@@ -229,7 +243,7 @@ class _Run:
                     values = torch.stack(list(terms.values()))
                     sums[name] = values if sums[name] is None else sums[name] + values
                 self.step, self.epoch, self.batch = self.step + 1, epoch, batch_index + 1
-                window_tokens, window_steps = window_tokens + x.shape[0], window_steps + 1
+                window_tokens, window_steps = window_tokens + batch.shape[0], window_steps + 1
                 bar.update(1)
                 if self.step % cfg.log_every == 0 or self.step == self.total_steps:
                     rate = window_tokens / (time.perf_counter() - window_start)
@@ -237,7 +251,9 @@ class _Run:
                     sums = {name: None for name in self.models}
                     window_start, window_tokens, window_steps = time.perf_counter(), 0, 0
                 if cfg.eval_every and self.step % cfg.eval_every == 0:
-                    self.evaluate(log)
+                    if self.cluster.is_main:
+                        self.evaluate(log)
+                    self.cluster.barrier()
                 if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
                     self.checkpoint()
             self.epoch, self.batch = epoch + 1, 0
@@ -249,7 +265,8 @@ class _Run:
         for group in optimizer.param_groups:
             group["lr"] = lr
         try:
-            return training_step(model, optimizer, x, self.generators[name], self.config.precision)
+            return training_step(model, optimizer, x, self.generators[name], self.config.precision,
+                                 self.replicas[name] if self.cluster.distributed else None, self.cluster)
         except NonFiniteLossError as error:
             where = (f"step {self.step} (epoch {epoch}, batch {batch_index}), dictionary {name!r}: {error}")
             kept = (f"the last good checkpoint is {self.checkpoint_path} (step {self.last_checkpoint_step})"
@@ -258,9 +275,10 @@ class _Run:
             raise NonFiniteLossError(f"training stopped at {where}; {kept}") from None
 
     def _log_train(self, log: RunLog, sums, lr: float, rate: float, n_steps: int) -> None:
+        """Loss terms averaged over the steps since the last line and over ranks."""
         parts = []
         for name, model in self.models.items():
-            means = dict(zip(self.term_names[name], (sums[name] / n_steps).tolist()))
+            means = dict(zip(self.term_names[name], (self.cluster.mean(sums[name]) / n_steps).tolist()))
             loss = sum(means.values())
             log.record("train", step=self.step, epoch=self.epoch, dictionary=name, lr=lr, loss=loss,
                        terms=means, tokens_per_s=rate)
@@ -328,10 +346,12 @@ def train(
     run = _Run(dict(dictionaries), train_source, out_dir, config, eval_source, metadata or {})
     run.start()
     run_id = hashlib.sha1(json.dumps([str(run.out_dir.resolve()), run.signature]).encode()).hexdigest()[:12]
-    log = RunLog(run.out_dir / "log.jsonl", config.wandb_project, run.signature, wandb_id=f"interp-sae-{run_id}")
+    log = RunLog(run.out_dir / "log.jsonl", config.wandb_project, run.signature, wandb_id=f"interp-sae-{run_id}",
+                 enabled=run.cluster.is_main)
     try:
         run.run(log)
-        metrics = run.finish(log)
+        metrics = run.finish(log) if run.cluster.is_main else {}
+        run.cluster.barrier()
     finally:
         log.close()
     return TrainResult(run.models, metrics, run.out_dir, run.step)

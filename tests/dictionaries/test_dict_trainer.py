@@ -139,7 +139,7 @@ def test_resume_in_process_equals_uninterrupted_for_every_architecture(tmp_path)
 def test_resume_refuses_a_different_run(tmp_path):
     source = D.TensorBatchSource(subspace_data(256), 64)
     D.train({"s": D.make_config("sae_l1", d=8, n_latents=6)}, source, tmp_path, D.TrainConfig(epochs=1, **QUIET))
-    with pytest.raises(ValueError, match="different settings or data"):
+    with pytest.raises(ValueError, match="belongs to a run with different dictionaries; use a new out_dir"):
         D.train({"s": D.make_config("sae_l1", d=8, n_latents=7)}, source, tmp_path, D.TrainConfig(epochs=1, **QUIET))
 
 
