@@ -9,6 +9,8 @@ every shard are the same whether or not the run was interrupted).
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import fcntl
 import hashlib
 import json
@@ -27,10 +29,11 @@ from .corpus import DEFAULT_DATASET, CorpusSpec, iter_documents
 from .hooks import stop_layer, validate_hooks
 from .models import DEFAULT_MODEL, LanguageModel, load_model, torch_dtype
 from .packing import PackedRows, pack_blocks, pack_rows
+from .ranks import Ranks
 from .reader import ActivationStore
 from .store_format import (
     DOC_IDS, DOC_POSITIONS, MANIFEST_NAME, SHARD_DIR, STORE_DTYPES, TOKEN_IDS, TOKENIZER_DIR,
-    HookRecord, Manifest, PackerState, read_manifest, write_manifest,
+    HookRecord, Manifest, PackerState, partial_manifest_name, read_manifest, shard_file_name, write_manifest,
 )
 from .writer import ShardWriter, write_shard_file
 
@@ -121,10 +124,10 @@ def _identity(config: HarvestConfig, model: LanguageModel | None) -> dict:
 
 
 @contextmanager
-def store_lock(out: Path) -> Iterator[None]:
-    """One harvest per folder. flock is released by the kernel when a process dies, so a
-    killed harvest never leaves a lock that blocks the next run."""
-    handle = open(out / LOCK_NAME, "a+")
+def store_lock(out: Path, name: str = LOCK_NAME) -> Iterator[None]:
+    """One harvest per folder (per stream under torchrun). flock is released by the kernel when
+    a process dies, so a killed harvest never leaves a lock that blocks the next run."""
+    handle = open(out / name, "a+")
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -160,15 +163,17 @@ def _check_same_config(existing: Manifest, identity: dict, out: Path) -> None:
     )
 
 
-def _remove_unlisted_shards(out: Path, manifest: Manifest) -> None:
-    """Files a killed run left behind: temporaries and shards written but never listed."""
+def _remove_unlisted_shards(out: Path, manifest: Manifest, ranks: Ranks) -> None:
+    """Files a killed run of this stream left behind: temporaries and shards written but never listed."""
     listed = {out / s.file for s in manifest.shards}
-    for path in (out / SHARD_DIR).iterdir():
+    own = shard_file_name(0, ranks.rank, ranks.world).rsplit("-", 1)[0]  # this stream's name prefix
+    for path in (out / SHARD_DIR).glob(f"{Path(own).name}-*"):
         if path not in listed:
             path.unlink()
 
 
-def _new_manifest(config: HarvestConfig, model: LanguageModel, identity: dict, d: dict[str, int]) -> Manifest:
+def _new_manifest(config: HarvestConfig, model: LanguageModel, identity: dict, d: dict[str, int],
+                  streams: int) -> Manifest:
     tok = model.tokenizer
     return Manifest(
         identity=identity,
@@ -188,6 +193,7 @@ def _new_manifest(config: HarvestConfig, model: LanguageModel, identity: dict, d
         shard_rows=config.shard_rows,
         target_tokens=config.tokens,
         package_version=_package_version(),
+        streams=streams,
     )
 
 
@@ -219,49 +225,98 @@ def harvest(config: HarvestConfig, model: LanguageModel | None = None, progress:
             repair: bool = False) -> Manifest:
     """Harvest into ``config.out``, creating it or resuming what is there. Returns the manifest.
 
-    ``repair`` first re-harvests every listed shard that fails its checksum (only those)."""
+    ``repair`` first re-harvests every listed shard that fails its checksum (only those).
+    Under ``torchrun`` each process harvests its own stream of documents (see store_format)."""
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
-    with store_lock(out):
-        existing = read_manifest(out) if (out / MANIFEST_NAME).exists() else None
-        if existing is not None:
-            _check_same_config(existing, _identity(config, model), out)
-        if existing is not None and _finished(existing, config) and not repair:
-            _report(progress, f"{out}: complete, {existing.tokens:,} tokens already harvested; nothing to do")
-            return existing
-        if model is None:
-            model = load_model(config.model, revision=config.revision, device=config.device, dtype=config.model_dtype)
-        hooks = validate_hooks(config.hooks, model.bridge.hook_dict.keys(), model.n_layers)
-        if config.context_length > model.n_ctx:
-            raise HarvestError(
-                f"context-length {config.context_length} exceeds the model's {model.n_ctx} positions; "
-                f"use --context-length {model.n_ctx} or less"
-            )
-        identity = _identity(config, model)
-        stop = stop_layer(hooks)
-        if existing is None:
-            manifest = _new_manifest(config, model, identity, _hook_widths(model, hooks, stop))
-            (out / SHARD_DIR).mkdir(exist_ok=True)
-            model.tokenizer.save_pretrained(out / TOKENIZER_DIR)
-            write_manifest(out, manifest)
-        else:
-            _check_same_config(existing, identity, out)
-            manifest = existing
-            (out / SHARD_DIR).mkdir(exist_ok=True)
-            if repair:
-                _repair(config, model, manifest, out, hooks, stop, progress)
-            if _finished(manifest, config):
-                return manifest
-            if manifest.shards and manifest.shards[-1].rows < manifest.shard_rows:
-                # A short last shard ended the previous budget; redo it so the store's shard
-                # boundaries match an uninterrupted run with the new budget.
-                manifest.shards.pop()
-            manifest.target_tokens = config.tokens
-            manifest.complete, manifest.stop_reason = False, None
-            write_manifest(out, manifest)
-        _remove_unlisted_shards(out, manifest)
-        _run(config, model, manifest, out, hooks, stop, progress)
+    ranks = Ranks.from_env()
+    progress = progress and ranks.is_main
+    merged = read_manifest(out) if (out / MANIFEST_NAME).exists() else None
+    if merged is not None:
+        _check_same_config(merged, _identity(config, model), out)
+        if _finished(merged, config) and not repair:
+            _report(progress, f"{out}: complete, {merged.tokens:,} tokens already harvested; nothing to do")
+            return merged
+    _check_process_count(out, merged, ranks)
+    lock_name = LOCK_NAME if ranks.world == 1 else f"{LOCK_NAME}.stream-{ranks.rank}-of-{ranks.world}"
+    with store_lock(out, lock_name):
+        manifest = _harvest_stream(config, model, out, ranks, progress, repair)
+    if ranks.world == 1:
         return manifest
+    ranks.barrier()  # every stream is complete before rank 0 merges them
+    if ranks.is_main:
+        write_manifest(out, _merge_streams(out, ranks.world, config.tokens))
+    ranks.barrier()
+    return read_manifest(out)
+
+
+def _check_process_count(out: Path, merged: Manifest | None, ranks: Ranks) -> None:
+    """An unfinished harvest resumes only with the number of processes that started it:
+    documents are dealt to streams by that number."""
+    started = {int(p.name.split("-of-")[1].split(".")[0]) for p in out.glob("manifest.stream-*-of-*.json")}
+    if merged is not None and not merged.complete:
+        started.add(merged.streams)
+    if started - {ranks.world}:
+        count = max(started - {ranks.world})
+        raise HarvestError(
+            f"{out} holds an unfinished harvest started by {count} process(es) and this run has {ranks.world}; "
+            f"resume it with the same number (torchrun --nproc_per_node {count}, or no torchrun for 1), "
+            "or harvest into a new --out"
+        )
+
+
+def _harvest_stream(config: HarvestConfig, model: LanguageModel | None, out: Path, ranks: Ranks,
+                    progress: bool, repair: bool) -> Manifest:
+    """This process's part: create or resume its (partial) manifest and harvest its stream."""
+    name = partial_manifest_name(ranks.rank, ranks.world)
+    existing = read_manifest(out, name) if (out / name).exists() else None
+    if model is None:
+        model = load_model(config.model, revision=config.revision, device=config.device, dtype=config.model_dtype)
+    hooks = validate_hooks(config.hooks, model.bridge.hook_dict.keys(), model.n_layers)
+    if config.context_length > model.n_ctx:
+        raise HarvestError(
+            f"context-length {config.context_length} exceeds the model's {model.n_ctx} positions; "
+            f"use --context-length {model.n_ctx} or less"
+        )
+    identity = _identity(config, model)
+    stop = stop_layer(hooks)
+    (out / SHARD_DIR).mkdir(exist_ok=True)
+    if existing is None:
+        manifest = _new_manifest(config, model, identity, _hook_widths(model, hooks, stop), ranks.world)
+        if ranks.is_main:
+            model.tokenizer.save_pretrained(out / TOKENIZER_DIR)
+        write_manifest(out, manifest, name)
+    else:
+        _check_same_config(existing, identity, out)
+        manifest = existing
+        if repair:
+            _repair(config, model, manifest, out, hooks, stop, progress)
+        if _finished(manifest, config):
+            return manifest
+        if manifest.shards and manifest.shards[-1].rows < manifest.shard_rows:
+            # A short last shard ended the previous budget; redo it so the store's shard
+            # boundaries match an uninterrupted run with the new budget.
+            manifest.shards.pop()
+        manifest.target_tokens = config.tokens
+        manifest.complete, manifest.stop_reason = False, None
+        write_manifest(out, manifest, name)
+    _remove_unlisted_shards(out, manifest, ranks)
+    _run(config, model, manifest, out, hooks, stop, progress, ranks)
+    return manifest
+
+
+def _merge_streams(out: Path, streams: int, target_tokens: int) -> Manifest:
+    """One manifest listing every stream's shards in stream order, rows numbered across them."""
+    parts = [read_manifest(out, partial_manifest_name(s, streams)) for s in range(streams)]
+    merged = copy.deepcopy(parts[0])
+    merged.shards, merged.target_tokens = [], target_tokens
+    for part in parts:
+        for shard in part.shards:
+            merged.shards.append(dataclasses.replace(shard, first_row=merged.rows))
+    merged.complete = all(p.complete for p in parts)
+    merged.stop_reason = ("corpus_exhausted" if any(p.stop_reason == "corpus_exhausted" for p in parts)
+                          else "budget")
+    return merged
 
 
 def _finished(manifest: Manifest, config: HarvestConfig) -> bool:
@@ -273,9 +328,13 @@ def _report(progress: bool, message: str) -> None:
         tqdm.write(message)
 
 
-def _packed_rows(config: HarvestConfig, model: LanguageModel, start: PackerState):
+def _packed_rows(config: HarvestConfig, model: LanguageModel, start: PackerState, stream: int, streams: int):
+    """Rows of one stream: the documents whose index is ``stream`` modulo ``streams``."""
+    documents = iter_documents(config.corpus, start=start.doc)
+    if streams > 1:
+        documents = ((i, text) for i, text in documents if i % streams == stream)
     return pack_rows(
-        iter_documents(config.corpus, start=start.doc),
+        documents,
         model.tokenize,
         context_length=config.context_length,
         bos_id=model.bos_token_id,
@@ -294,8 +353,8 @@ def _repair(config: HarvestConfig, model: LanguageModel, manifest: Manifest, out
     store_dtype = torch_dtype(manifest.dtype)
     for index in damaged:
         record = manifest.shards[index]
-        start = manifest.shards[index - 1].end_state if index else PackerState()
-        block = next(pack_blocks(_packed_rows(config, model, start), record.rows), None)
+        block = next(pack_blocks(_packed_rows(config, model, manifest.start_state(index), record.stream,
+                                              manifest.streams), record.rows), None)
         if block is None or len(block.token_ids) != record.rows or block.end_state != record.end_state:
             raise HarvestError(
                 f"cannot repair shard {index}: the corpus no longer yields the same tokens there "
@@ -308,18 +367,20 @@ def _repair(config: HarvestConfig, model: LanguageModel, manifest: Manifest, out
         bar.close()
         # Same device and dtype give the same bytes; another device may differ in low bits.
         record.bytes, record.sha256 = write_shard_file(out / record.file, tensors, index)
-        write_manifest(out, manifest)
+        write_manifest(out, manifest)  # repair runs in one process, on the merged manifest
 
 
 def _run(config: HarvestConfig, model: LanguageModel, manifest: Manifest, out: Path,
-         hooks: list[str], stop: int | None, progress: bool) -> None:
+         hooks: list[str], stop: int | None, progress: bool, ranks: Ranks) -> None:
     ctx = config.context_length
-    target_rows = math.ceil(config.tokens / ctx)
-    rows = _packed_rows(config, model, manifest.resume_state())
+    all_rows = math.ceil(config.tokens / ctx)
+    target_rows = all_rows // ranks.world + (ranks.rank < all_rows % ranks.world)  # this stream's share
+    rows = _packed_rows(config, model, manifest.resume_state(), ranks.rank, ranks.world)
     bar = tqdm(total=target_rows * ctx, initial=manifest.tokens, unit="tok", unit_scale=True,
                desc="harvest", disable=not progress, dynamic_ncols=True)
     written = {"bytes": manifest.bytes}
-    writer = ShardWriter(out, manifest, on_written=lambda rec: written.__setitem__("bytes", written["bytes"] + rec.bytes))
+    writer = ShardWriter(out, manifest, stream=ranks.rank,
+                         on_written=lambda rec: written.__setitem__("bytes", written["bytes"] + rec.bytes))
     store_dtype = torch_dtype(manifest.dtype)
     exhausted = False
     try:
@@ -342,13 +403,13 @@ def _run(config: HarvestConfig, model: LanguageModel, manifest: Manifest, out: P
     finally:
         bar.close()
         writer.close()
-    if manifest.valid_tokens == 0:
+    if manifest.valid_tokens == 0 and ranks.world == 1:  # (a stream of a small corpus may be empty)
         raise HarvestError(
             f"the corpus {config.dataset!r} gave no tokens: it is empty, or every document is blank"
         )
     manifest.complete = True
     manifest.stop_reason = "corpus_exhausted" if exhausted else "budget"
-    write_manifest(out, manifest)
+    write_manifest(out, manifest, partial_manifest_name(ranks.rank, ranks.world))
     _report(progress, f"{out}: {manifest.tokens:,} tokens in {len(manifest.shards)} shards "
                       f"({manifest.bytes / 2**20:,.1f} MiB), {manifest.stop_reason}")
 

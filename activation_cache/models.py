@@ -15,6 +15,7 @@ A model spec is one string:
 from __future__ import annotations
 
 import importlib.util
+import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,9 +35,12 @@ class ModelLoadError(RuntimeError):
 
 
 def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    """``auto`` = cuda when present, else cpu; under torchrun each process takes its local rank's GPU."""
+    resolved = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+                            "cpu" if device == "auto" else device)
+    if resolved.type == "cuda" and resolved.index is None and "LOCAL_RANK" in os.environ:
+        return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+    return resolved
 
 
 def torch_dtype(name: str) -> torch.dtype:

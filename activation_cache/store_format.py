@@ -20,6 +20,12 @@ padding included, stays addressable; readers exclude ``doc_ids == -1`` from trai
 
 The manifest is rewritten atomically after every shard, so it only ever lists shards that
 are completely on disk: that is what makes a killed harvest resumable.
+
+A harvest run under ``torchrun`` with N processes writes N *streams*: process r packs the
+documents whose index is r modulo N into its own shards (``shards/stream-r-of-N-shard-i``)
+and keeps its own partial manifest (``manifest.stream-r-of-N.json``); when every process is
+done, rank 0 merges them into ``manifest.json``, which lists every shard with the stream it
+belongs to. Readers only ever read ``manifest.json``.
 """
 
 from __future__ import annotations
@@ -50,8 +56,16 @@ class StoreFormatError(ValueError):
     """The store on disk is not what the format says it must be."""
 
 
-def shard_file_name(index: int) -> str:
-    return f"{SHARD_DIR}/shard-{index:06d}.safetensors"
+def shard_file_name(index: int, stream: int = 0, streams: int = 1) -> str:
+    """The only name shard ``index`` of a stream may have: a manifest cannot point anywhere else."""
+    if streams == 1:
+        return f"{SHARD_DIR}/shard-{index:06d}.safetensors"
+    return f"{SHARD_DIR}/stream-{stream}-of-{streams}-shard-{index:06d}.safetensors"
+
+
+def partial_manifest_name(stream: int, streams: int) -> str:
+    """Where one process of a multi-process harvest records its own shards."""
+    return MANIFEST_NAME if streams == 1 else f"manifest.stream-{stream}-of-{streams}.json"
 
 
 @dataclass(frozen=True)
@@ -73,6 +87,7 @@ class ShardRecord:
     sha256: str
     end_state: PackerState
     nonfinite_positions: int = 0  # positions left out because an activation was NaN/Inf
+    stream: int = 0  # which process of a multi-process harvest wrote it
 
 
 @dataclass
@@ -98,6 +113,7 @@ class Manifest:
     shards: list[ShardRecord] = field(default_factory=list)
     complete: bool = False
     stop_reason: str | None = None  # "budget" or "corpus_exhausted" once complete
+    streams: int = 1  # processes that harvested it (see the module docstring)
     format: str = FORMAT_NAME
     format_version: int = FORMAT_VERSION
 
@@ -131,7 +147,13 @@ class Manifest:
             "Pass one of those, or harvest the hook you want."
         )
 
+    def start_state(self, index: int) -> PackerState:
+        """The packer state shard ``index`` started from: the end of the previous shard of its stream."""
+        earlier = [s for s in self.shards[:index] if s.stream == self.shards[index].stream]
+        return earlier[-1].end_state if earlier else PackerState()
+
     def resume_state(self) -> PackerState:
+        """Where the harvest of a one-stream manifest (or a partial one) continues."""
         return self.shards[-1].end_state if self.shards else PackerState()
 
     # -- (de)serialisation ----------------------------------------------------------
@@ -178,12 +200,17 @@ class Manifest:
         if self.context_length <= 0 or self.shard_rows <= 0:
             raise StoreFormatError(f"{where}: context_length and shard_rows must be positive")
         expected_first_row = 0
+        per_stream = [0] * self.streams
         for index, shard in enumerate(self.shards):
-            if shard.file != shard_file_name(index):
+            if not 0 <= shard.stream < self.streams:
+                raise StoreFormatError(f"{where}: shard {index} names stream {shard.stream} of {self.streams}")
+            expected = shard_file_name(per_stream[shard.stream], shard.stream, self.streams)
+            per_stream[shard.stream] += 1
+            if shard.file != expected:
                 # Also rejects absolute paths and '..': a manifest can never point outside its store.
                 raise StoreFormatError(
                     f"{where}: shard {index} is named {shard.file!r}, expected "
-                    f"{shard_file_name(index)!r}; the manifest was edited or is corrupt"
+                    f"{expected!r}; the manifest was edited or is corrupt"
                 )
             if shard.first_row != expected_first_row or shard.rows <= 0:
                 raise StoreFormatError(f"{where}: shard {index} has inconsistent row counts")
@@ -205,9 +232,14 @@ def write_json_atomic(path: Path, data: Any) -> None:
         raise
 
 
-def read_manifest(store: Path) -> Manifest:
-    path = Path(store) / MANIFEST_NAME
+def read_manifest(store: Path, name: str = MANIFEST_NAME) -> Manifest:
+    path = Path(store) / name
     if not path.is_file():
+        if name == MANIFEST_NAME and any(Path(store).glob("manifest.stream-*.json")):
+            raise FileNotFoundError(
+                f"{store} is a multi-process harvest that has not finished: rerun the same torchrun "
+                "command to complete it."
+            )
         raise FileNotFoundError(
             f"{store} is not an activation store (no {MANIFEST_NAME}). "
             "Create one with `interp-sae harvest --out DIR`."
@@ -219,5 +251,5 @@ def read_manifest(store: Path) -> Manifest:
     return Manifest.from_json(data, where=str(path))
 
 
-def write_manifest(store: Path, manifest: Manifest) -> None:
-    write_json_atomic(Path(store) / MANIFEST_NAME, manifest.to_json())
+def write_manifest(store: Path, manifest: Manifest, name: str = MANIFEST_NAME) -> None:
+    write_json_atomic(Path(store) / name, manifest.to_json())

@@ -19,7 +19,7 @@ from typing import Callable
 import torch
 from safetensors.torch import save as safetensors_bytes
 
-from .store_format import Manifest, PackerState, ShardRecord, shard_file_name, write_manifest
+from .store_format import Manifest, PackerState, ShardRecord, partial_manifest_name, shard_file_name, write_manifest
 
 _STOP = object()
 
@@ -30,9 +30,11 @@ class ShardWriteError(RuntimeError):
 
 class ShardWriter:
     def __init__(self, root: Path, manifest: Manifest, on_written: Callable[[ShardRecord], None],
-                 queue_size: int = 2):
+                 stream: int = 0, queue_size: int = 2):
         self.root = Path(root)
         self.manifest = manifest
+        self.stream = stream
+        self.manifest_name = partial_manifest_name(stream, manifest.streams)
         self.on_written = on_written
         self.error: BaseException | None = None
         self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
@@ -70,7 +72,7 @@ class ShardWriter:
     def _commit(self, tensors: dict[str, torch.Tensor], rows: int, valid_tokens: int,
                 end_state: PackerState, nonfinite_positions: int) -> None:
         index = len(self.manifest.shards)
-        name = shard_file_name(index)
+        name = shard_file_name(index, self.stream, self.manifest.streams)
         size, digest = write_shard_file(self.root / name, tensors, index)
         record = ShardRecord(
             file=name,
@@ -81,10 +83,11 @@ class ShardWriter:
             sha256=digest,
             end_state=end_state,
             nonfinite_positions=nonfinite_positions,
+            stream=self.stream,
         )
         self.manifest.shards.append(record)
         try:
-            write_manifest(self.root, self.manifest)
+            write_manifest(self.root, self.manifest, self.manifest_name)
         except OSError as exc:
             self.manifest.shards.pop()  # the shard file stays, unlisted; the next run rewrites it
             raise ShardWriteError(

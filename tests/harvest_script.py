@@ -2,7 +2,9 @@
 
 Used by the resume tests: the kill is real (the kernel ends the process, no cleanup runs)
 and lands at an exact place in the write path, e.g. the 3rd shard's bytes written but not
-renamed. Usage: harvest_script.py MODEL_FOLDER CORPUS OUT [KILL_ON NTH]
+renamed. Usage: harvest_script.py MODEL_FOLDER CORPUS OUT [KILL_ON NTH [RANK]] [--tokens N]
+
+Under torchrun, the kill applies to the process of rank RANK only (default: every process).
 
 KILL_ON is one of:
   shard-fsync       a shard's temporary file is written and synced, not yet renamed
@@ -10,9 +12,9 @@ KILL_ON is one of:
   manifest-rename   the new manifest's temporary file is written, not yet renamed
 """
 
+import argparse
 import os
 import signal
-import sys
 
 from activation_cache import HarvestConfig, harvest
 from activation_cache import writer, store_format
@@ -46,11 +48,17 @@ def kill_on(kind: str, nth: int) -> None:
 
 
 def main() -> None:
-    model, corpus, out = sys.argv[1:4]
-    if len(sys.argv) > 4:
-        kill_on(sys.argv[4], int(sys.argv[5]))
-    config = HarvestConfig(out=out, model=model, hooks=["blocks.1.hook_resid_post", "blocks.0.hook_mlp_out"],
-                           dataset=corpus, tokens=2000, context_length=16, shard_tokens=160, batch_size=4,
+    parser = argparse.ArgumentParser()
+    parser.add_argument("model")
+    parser.add_argument("corpus")
+    parser.add_argument("out")
+    parser.add_argument("kill", nargs="*", help="KILL_ON NTH [RANK]")
+    parser.add_argument("--tokens", type=int, default=2000)
+    args = parser.parse_args()
+    if args.kill and (len(args.kill) < 3 or os.environ.get("RANK", "0") == args.kill[2]):
+        kill_on(args.kill[0], int(args.kill[1]))
+    config = HarvestConfig(out=args.out, model=args.model, hooks=["blocks.1.hook_resid_post", "blocks.0.hook_mlp_out"],
+                           dataset=args.corpus, tokens=args.tokens, context_length=16, shard_tokens=160, batch_size=4,
                            store_dtype="float32", device="cpu")
     harvest(config, progress=False)
 
