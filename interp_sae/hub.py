@@ -2,7 +2,8 @@
 
 A dictionary is a folder holding `config.json` and `model.safetensors` (maybe also its
 metrics.json and AD-RE curve). `push_to_hub` uploads one or several of them in one commit, with a generated
-model card and index; `download` brings one back into the Hugging Face cache and returns its folder.
+model card and index; `download` brings one back into the Hugging Face cache and returns its folder;
+`from_pretrained` downloads and loads it.
 Only data and figures are shared (JSON, safetensors, CSV, PNG) and only JSON and safetensors are
 read back, so nothing downloaded can execute code.
 
@@ -33,6 +34,8 @@ from huggingface_hub.errors import (
 )
 from safetensors import SafetensorError, safe_open
 
+import dictionaries
+from dictionaries.base import Dictionary
 from interp_sae import model_card
 
 CONFIG_FILE = "config.json"
@@ -40,6 +43,8 @@ WEIGHTS_FILE = "model.safetensors"
 # Data and figures only (a trained dictionary's folder also holds its AD-RE curve as CSV and PNG):
 # nothing that can carry code, like pickle.
 SHARED_SUFFIXES = (".json", ".safetensors", ".csv", ".png")
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")  # what torch.save and pickle write
+SAELENS_CONFIG_FILE = "cfg.json"  # marks a folder in SAELens's layout (see interp_sae.saelens)
 DEFAULT_COMMIT_MESSAGE = "Upload dictionaries with interp-sae"
 LOGIN_HINT = "run `hf auth login` or set HF_TOKEN"
 
@@ -138,6 +143,30 @@ def download(
     return folder
 
 
+def from_pretrained(
+    repo_id_or_path: str | Path,
+    *,
+    subfolder: str | None = None,
+    revision: str | None = None,
+    token: str | None = None,
+    device: str = "cpu",
+) -> Dictionary:
+    """Download a dictionary (see `download`) and load it onto `device`.
+
+    Raises HubError when it cannot be downloaded or loaded (e.g. written by a newer interp-sae).
+    """
+    folder = download(repo_id_or_path, subfolder=subfolder, revision=revision, token=token)
+    return load_folder(folder, device=device)
+
+
+def load_folder(folder: Path, device: str = "cpu") -> Dictionary:
+    """Load a dictionary folder that `download` returned; HubError when its contents do not load."""
+    try:
+        return dictionaries.load_dictionary(folder, device=device)
+    except (ValueError, TypeError, KeyError) as error:  # what load_dictionary raises for a config it cannot use
+        raise HubError(f"Cannot load the dictionary in {folder}: {error}") from error
+
+
 def find_dictionaries(folders_or_root: str | Path | Sequence[str | Path]) -> list[DictionaryFolder]:
     """The dictionaries to push, checked, with their place in the repo (see `push_to_hub`)."""
     if isinstance(folders_or_root, (str, Path)):
@@ -166,7 +195,7 @@ def check_dictionary_folder(folder: Path) -> dict[str, Any]:
     config_path, weights_path = folder / CONFIG_FILE, folder / WEIGHTS_FILE
     for required in (config_path, weights_path):
         if not required.is_file():
-            raise HubError(f"{folder} is not a dictionary folder: {required.name} is missing.")
+            raise HubError(f"{folder} is not a dictionary folder: {required.name} is missing{_found_instead(folder)}.")
     config = _read_json(config_path)
     if not isinstance(config, dict):
         raise HubError(f"{config_path} must hold a JSON object, not {type(config).__name__}.")
@@ -180,6 +209,20 @@ def check_dictionary_folder(folder: Path) -> dict[str, Any]:
                 "Download it again, or re-save it if it is yours."
             ) from error
     return config
+
+
+def pickle_hint(folder: Path) -> str:
+    """For error messages: what pickle files `folder` holds instead of safetensors ("" for none)."""
+    pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES) if folder.is_dir() else []
+    if not pickles:
+        return ""
+    return f"; found {pickles}: pickle files, which interp-sae never loads (unpickling can run code). Convert them to safetensors"
+
+
+def _found_instead(folder: Path) -> str:
+    if (folder / SAELENS_CONFIG_FILE).is_file():
+        return f"; it holds SAELens's layout ({SAELENS_CONFIG_FILE}): convert it with `interp-sae import-saelens`"
+    return pickle_hint(folder)
 
 
 def _read_json(path: Path) -> Any:

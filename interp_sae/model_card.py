@@ -22,14 +22,15 @@ MISSING = "—"
 BASE_TAGS = ("interp-sae", "sparse-autoencoder", "interpretability")
 
 # Where each summary field is read from in a dictionary's config.json: the first key present wins,
-# and a dotted key reads a nested value ("model.id"). The one place to align with the config format.
+# and a dotted key reads a nested value ("model.id"). The one place to align with the config format;
+# "metadata" holds a dictionary's provenance (what `interp_sae.saelens` reads and writes).
 CONFIG_FIELDS: dict[str, tuple[str, ...]] = {
     "architecture": ("architecture",),
-    "hook_name": ("hook_name", "hook"),
+    "hook_name": ("hook_name", "hook", "metadata.hook_name"),
     "d": ("d", "d_in", "config.d"),
     "n_features": ("n_features", "latents", "kappa", "config.n_latents"),
-    "model_id": ("model_id", "model_name"),
-    "dataset": ("dataset",),
+    "model_id": ("model_id", "model_name", "metadata.model_name"),
+    "dataset": ("dataset", "metadata.dataset"),
     "metrics": ("metrics", "final_metrics"),
 }
 

@@ -67,16 +67,19 @@ def dictionary_configs(architectures: list[str], latents: list[int], d: int,
 
 
 def store_provenance(store: ActivationStore, hook: str) -> dict[str, Any]:
-    """What a dictionary trained on this store should remember about its data."""
+    """What a dictionary trained on this store remembers about its data. The flat keys are the
+    ones SAELens and the Hub card use too; ``harvest`` keeps the store's full provenance."""
     manifest = store.manifest
     return {
         "hook_name": hook,
-        "model": manifest.model,
-        "tokenizer": manifest.tokenizer,
-        "dataset": manifest.dataset,
+        "model_name": manifest.model["id"],
+        "model_revision": manifest.model.get("revision"),
+        "dataset": manifest.dataset["id"],
         "context_length": manifest.context_length,
-        "store": {"path": str(store.root.resolve()), "tokens": manifest.tokens,
-                  "valid_tokens": manifest.valid_tokens, "dtype": manifest.dtype},
+        "prepend_bos": True,  # every packed row starts with BOS
+        "harvest": {"model": manifest.model, "tokenizer": manifest.tokenizer, "dataset": manifest.dataset,
+                    "store": str(store.root.resolve()), "tokens": manifest.tokens,
+                    "valid_tokens": manifest.valid_tokens, "dtype": manifest.dtype},
     }
 
 

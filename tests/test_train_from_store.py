@@ -44,7 +44,8 @@ def test_dictionaries_train_on_the_store_and_remember_their_data(store, tmp_path
     assert result.metrics["sae_topk"]["split"] == "held_out" and result.metrics["sae_topk"]["l0_mean"] == 4
     loaded = D.load_dictionary(tmp_path / "vaease")
     assert loaded.metadata["hook_name"] == HOOK and loaded.metadata["context_length"] == 16
-    assert loaded.metadata["model"]["id"] == "tiny-pythia" and loaded.metadata["split"]["val_fraction"] == 0.2
+    assert loaded.metadata["model_name"] == "tiny-pythia" and loaded.metadata["split"]["val_fraction"] == 0.2
+    assert loaded.metadata["harvest"]["store"] == str(store.resolve())
     assert loaded.metadata["metrics"]["fvu_deterministic"] == pytest.approx(result.metrics["vaease"]["fvu_deterministic"])
     assert (tmp_path / "ad_re_curves.png").stat().st_size > 0
 
