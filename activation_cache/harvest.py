@@ -378,9 +378,12 @@ def _run(config: HarvestConfig, model: LanguageModel, manifest: Manifest, out: P
     rows = _packed_rows(config, model, manifest.resume_state(), ranks.rank, ranks.world)
     bar = tqdm(total=target_rows * ctx, initial=manifest.tokens, unit="tok", unit_scale=True,
                desc="harvest", disable=not progress, dynamic_ncols=True)
-    written = {"bytes": manifest.bytes}
-    writer = ShardWriter(out, manifest, stream=ranks.rank,
-                         on_written=lambda rec: written.__setitem__("bytes", written["bytes"] + rec.bytes))
+
+    def show_written(_record) -> None:  # called by the writer thread after each commit
+        bar.set_postfix_str(f"{len(manifest.shards)} shards, {manifest.bytes / 2**20:,.0f} MiB on disk", refresh=False)
+
+    show_written(None)
+    writer = ShardWriter(out, manifest, stream=ranks.rank, on_written=show_written)
     store_dtype = torch_dtype(manifest.dtype)
     exhausted = False
     try:
@@ -396,7 +399,6 @@ def _run(config: HarvestConfig, model: LanguageModel, manifest: Manifest, out: P
             writer.submit(tensors, rows=len(block.token_ids), valid_tokens=int((block.doc_ids >= 0).sum()),
                           end_state=block.end_state, nonfinite_positions=skipped)
             produced += len(block.token_ids)
-            bar.set_postfix_str(f"written {written['bytes'] / 2**20:,.0f} MiB", refresh=False)
             if len(block.token_ids) < block_rows:
                 exhausted = True
                 break
