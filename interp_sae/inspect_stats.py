@@ -1,0 +1,244 @@
+"""One streaming pass over a store split: per-feature statistics and the top-k activating tokens.
+
+Memory is bounded by the number of features, not the store: every statistic is a running
+sum, extreme or count, and the top-k is merged batch by batch on the dictionary's device.
+
+Ranking (`rank_by`), for signed dictionaries such as VAEase whose gated mean (1 − σ) ⊙ μ can
+be negative:
+
+- ``value``: the feature activation itself (largest positive first);
+- ``abs`` (the default): |activation|, i.e. the size of the feature's contribution to the
+  reconstruction, whichever its sign. For ReLU/TopK SAEs, whose features are ≥ 0, it is the
+  same as ``value``;
+- ``one_minus_sigma``: 1 − σ, how far the posterior has left the prior (variational
+  dictionaries only): how "on" the VAEase gate is, regardless of μ.
+
+The top-k runs over the tokens where the feature fires (below): a feature that fires on fewer
+than k tokens lists only those. Ties are broken deterministically by the smaller global vector
+index: each score is packed with its index into one int64 key (order-preserving float bits in
+the high 32 bits, the complemented index in the low 32), so ranking unique keys is exact and
+reproducible whatever the batch boundaries.
+
+A feature *fires* on a token as the metrics define "active" (dictionaries.metrics): non-zero
+for SAEs; for variational dictionaries, the low-variance group of the token's 1-D 2-means
+split of log σ². Histograms count firing activations only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from activation_cache import ActivationStore
+from activation_cache.reader import split_mask
+from activation_cache.store_format import DOC_IDS
+from dictionaries import Dictionary, two_means_low_mask
+
+RANK_MODES = ("value", "abs", "one_minus_sigma")
+DEFAULT_RANK_BY = "abs"
+
+# Symmetric log-spaced bin edges: ±10^(k/4) for k = −12 … 16 (1e-3 … 1e4 in raw feature units);
+# bin i holds edges[i−1] ≤ v < edges[i], with under- and overflow bins at the ends.
+_MAGNITUDES = [10 ** (k / 4) for k in range(-12, 17)]
+HISTOGRAM_EDGES = [-m for m in reversed(_MAGNITUDES)] + _MAGNITUDES
+
+_LOW_MASK = (1 << 32) - 1
+_SENTINEL = torch.iinfo(torch.int64).min  # an empty top-k slot
+
+
+@dataclass
+class FeatureStatistics:
+    """The pass's result; tensors are on the CPU, indexed by feature."""
+
+    tokens: int  # vectors seen
+    rank_by: str
+    fire_count: torch.Tensor  # int64 [κ]
+    sum: torch.Tensor  # float64 [κ], over all tokens
+    fire_sum: torch.Tensor  # float64 [κ], over firing tokens
+    max: torch.Tensor  # float32 [κ]
+    min: torch.Tensor  # float32 [κ]
+    histogram: torch.Tensor  # int64 [κ, len(HISTOGRAM_EDGES) + 1], firing activations only
+    top_indices: list[list[int]]  # per feature, global vector indices, best first
+    top_scores: list[list[float]]  # the matching rank scores
+
+    @property
+    def mean(self) -> torch.Tensor:
+        """Mean activation over every token of the split (what mean-ablation substitutes)."""
+        return (self.sum / max(self.tokens, 1)).float()
+
+    @property
+    def frequency(self) -> torch.Tensor:
+        return self.fire_count.double() / max(self.tokens, 1)
+
+    @property
+    def mean_when_firing(self) -> torch.Tensor:
+        return (self.fire_sum / self.fire_count.clamp(min=1)).float()
+
+
+def resolve_rank_by(dictionary: Dictionary, rank_by: str | None) -> str:
+    rank_by = rank_by or DEFAULT_RANK_BY
+    if rank_by not in RANK_MODES:
+        raise ValueError(f"rank_by must be one of {RANK_MODES}, got {rank_by!r}")
+    if rank_by == "one_minus_sigma" and not dictionary.variational:
+        raise ValueError(
+            f"rank_by='one_minus_sigma' needs a variational dictionary (vae, vaease); "
+            f"{dictionary.architecture} has no σ: use 'value' or 'abs'"
+        )
+    return rank_by
+
+
+def encode_batch(dictionary: Dictionary, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(activations [B, κ], fires bool [B, κ], log σ² [B, κ] or None) for raw vectors x [B, d]."""
+    features = dictionary.encode(x).float()
+    if not dictionary.variational:
+        return features, features != 0, None
+    log_var = dictionary.latent_log_variance(x)
+    return features, two_means_low_mask(log_var), log_var
+
+
+def rank_scores(rank_by: str, values: torch.Tensor, log_var: torch.Tensor | None) -> torch.Tensor:
+    """Rank scores of activations `values` (log σ² of the same entries for one_minus_sigma)."""
+    if rank_by == "value":
+        return values
+    if rank_by == "abs":
+        return values.abs()
+    return 1 - torch.exp(0.5 * log_var.float())
+
+
+def pack_keys(scores: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    """int64 keys ordered like (score descending, index ascending), elementwise for scores float
+    and indices int64 of the same shape."""
+    bits = (scores.float() + 0.0).view(torch.int32)  # + 0.0 turns −0.0 into +0.0 so they tie
+    ordered = bits ^ ((bits >> 31) & 0x7FFFFFFF)  # IEEE float order → signed integer order
+    return (ordered.long() << 32) + (_LOW_MASK - indices)
+
+
+def unpack_keys(keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inverse of `pack_keys`: (scores float32, indices int64)."""
+    high = (keys >> 32).int()
+    scores = (high ^ ((high >> 31) & 0x7FFFFFFF)).view(torch.float32)
+    return scores, _LOW_MASK - (keys & _LOW_MASK)
+
+
+class FeatureAccumulator:
+    """Running statistics and top-k of κ features over batches.
+
+    Everything but the sum and the extremes is computed on the batch's list of firing
+    (token, feature) entries, which is short for sparse features: that keeps the pass close to
+    the cost of encoding. The top-k is kept as a [κ, k] table of keys, best first; only a
+    batch's entries that beat their feature's current k-th key are sorted and merged in.
+    """
+
+    def __init__(self, n_features: int, top_k: int, rank_by: str, device: torch.device):
+        if top_k < 0:
+            raise ValueError(f"top_k must be ≥ 0, got {top_k}")
+        self.top_k, self.rank_by, self.tokens = top_k, rank_by, 0
+        self.edges = torch.tensor(HISTOGRAM_EDGES, device=device)
+        n_bins = len(HISTOGRAM_EDGES) + 1
+        self.fire_count = torch.zeros(n_features, dtype=torch.int64, device=device)
+        self.sum = torch.zeros(n_features, dtype=torch.float64, device=device)
+        self.fire_sum = torch.zeros(n_features, dtype=torch.float64, device=device)
+        self.max = torch.full((n_features,), -torch.inf, device=device)
+        self.min = torch.full((n_features,), torch.inf, device=device)
+        self.histogram = torch.zeros(n_features * n_bins, dtype=torch.int64, device=device)
+        self.keys = torch.full((n_features, top_k), _SENTINEL, dtype=torch.int64, device=device)
+
+    def update(self, features: torch.Tensor, fires: torch.Tensor, indices: torch.Tensor,
+               log_var: torch.Tensor | None = None) -> None:
+        """Add a batch: features, fires (and log σ² for one_minus_sigma) [B, κ]; indices int64 [B]
+        (global vector indices)."""
+        self.tokens += features.shape[0]
+        self.sum += features.sum(0).double()  # float32 within a batch, float64 across batches
+        self.max = torch.maximum(self.max, features.amax(0))  # amax/amin: several times faster than aminmax
+        self.min = torch.minimum(self.min, features.amin(0))
+        flat = fires.reshape(-1).nonzero().squeeze(1)  # 1-D gathers: much faster than [rows, cols] indexing
+        rows, cols = flat // fires.shape[1], flat % fires.shape[1]
+        values = features.reshape(-1)[flat]
+        self.fire_count += torch.bincount(cols, minlength=len(self.fire_count))
+        self.fire_sum.index_add_(0, cols, values.double())
+        bins = torch.bucketize(values, self.edges, right=True)
+        self.histogram += torch.bincount(cols * (len(self.edges) + 1) + bins, minlength=self.histogram.numel())
+        if self.top_k:
+            scores = rank_scores(self.rank_by, values, None if log_var is None else log_var.reshape(-1)[flat])
+            self._merge(cols, pack_keys(scores, indices[rows]))
+
+    def _merge(self, cols: torch.Tensor, keys: torch.Tensor) -> None:
+        better = keys > self.keys[:, -1][cols]
+        cols, keys = cols[better], keys[better]
+        if not len(keys):
+            return
+        n_features, k = self.keys.shape
+        order = keys.argsort(descending=True)  # keys are unique: no ties to keep stable
+        order = order[cols[order].argsort(stable=True)]  # grouped by feature, best key first
+        cols, keys = cols[order], keys[order]
+        counts = torch.bincount(cols, minlength=n_features)
+        rank = torch.arange(len(keys), device=keys.device) - (torch.cumsum(counts, 0) - counts)[cols]
+        keep = rank < k
+        batch_best = torch.full_like(self.keys, _SENTINEL)
+        batch_best[cols[keep], rank[keep]] = keys[keep]
+        self.keys = torch.cat([self.keys, batch_best], 1).topk(k, dim=1).values  # sorted: best first
+
+    def result(self) -> FeatureStatistics:
+        keys = self.keys.cpu()
+        scores, indices = unpack_keys(keys)
+        filled = keys != _SENTINEL
+        return FeatureStatistics(
+            tokens=self.tokens,
+            rank_by=self.rank_by,
+            fire_count=self.fire_count.cpu(),
+            sum=self.sum.cpu(),
+            fire_sum=self.fire_sum.cpu(),
+            max=self.max.cpu(),
+            min=self.min.cpu(),
+            histogram=self.histogram.view(len(self.fire_count), -1).cpu(),
+            top_indices=[i[m].tolist() for i, m in zip(indices, filled)],
+            top_scores=[s[m].tolist() for s, m in zip(scores, filled)],
+        )
+
+
+def split_batches(store: ActivationStore, hook: str, split: str, batch_size: int, device: torch.device,
+                  val_fraction: float = 0.1, split_seed: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(float32 vectors [B, d] on `device`, global indices int64 [B]) of a split, in store order."""
+    ctx = store.context_length
+    for shard_index, shard in enumerate(store.manifest.shards):
+        tensors = store.load_shard(shard_index, [hook, DOC_IDS])
+        mask = split_mask(tensors[DOC_IDS].numpy(), split, val_fraction, split_seed).reshape(-1)
+        local = torch.from_numpy(np.flatnonzero(mask))
+        vectors = tensors[hook][local]
+        for lo in range(0, len(local), batch_size):
+            x = vectors[lo: lo + batch_size].to(device, non_blocking=True).float()
+            yield x, (local[lo: lo + batch_size] + shard.first_row * ctx).to(device)
+
+
+@torch.no_grad()
+def feature_statistics(store: ActivationStore, dictionary: Dictionary, hook: str, *, split: str = "validation",
+                       top_k: int = 20, rank_by: str | None = None, batch_size: int = 4096,
+                       val_fraction: float = 0.1, split_seed: int = 0) -> FeatureStatistics:
+    """The streaming pass over `split` of `store` at `hook`, on the dictionary's device."""
+    check_store_width(store, hook, dictionary)
+    if len(store) > _LOW_MASK:
+        raise ValueError(f"the store holds {len(store):,} vectors; top-k keys address at most {_LOW_MASK:,}")
+    rank_by = resolve_rank_by(dictionary, rank_by)
+    device = dictionary.decoder.weight.device
+    acc = FeatureAccumulator(dictionary.config.n_latents, top_k, rank_by, device)
+    for x, indices in split_batches(store, hook, split, batch_size, device, val_fraction, split_seed):
+        features, fires, log_var = encode_batch(dictionary, x)
+        acc.update(features, fires, indices, log_var)
+    if acc.tokens == 0:
+        raise ValueError(f"split {split!r} of {store.root} holds no vectors")
+    return acc.result()
+
+
+def check_store_width(store: ActivationStore, hook: str, dictionary: Dictionary) -> None:
+    """A clear error when the store's hook width is not the dictionary's input width."""
+    if hook not in store.hooks:
+        raise ValueError(f"hook {hook!r} is not in the store {store.root}; it holds {store.hooks}")
+    if store.d(hook) != dictionary.config.d:
+        raise ValueError(
+            f"width mismatch: the dictionary takes d={dictionary.config.d} but the store's hook {hook!r} "
+            f"has d={store.d(hook)}. Pass the hook the dictionary was trained on (--hook), or a dictionary "
+            f"trained on this hook"
+        )

@@ -1,0 +1,168 @@
+"""Run the language model with a dictionary spliced in at its hook: loss recovered, feature ablation.
+
+Splicing replaces the hook's activation x by the reconstruction x̂ = decode(encode(x)). With
+``with_error=True`` the reconstruction error x − x̂ is added back, so the output is x plus the
+change of the ablated features' decoder contributions, Σ_j (a_j − f_j) · d_j, computed exactly
+that way: ablating nothing gives x bit for bit, and only the ablated features change anything.
+
+Positions: only document tokens are spliced (BOS, separators and padding keep their clean
+activation: dictionaries are trained without them), and a next-token prediction counts in a loss
+only when both the token it is made at and the token it predicts are document tokens. Clean,
+spliced and ablated runs all use the same rule, so their losses compare like for like.
+
+Ablation modes: ``zero`` sets the features to 0; ``mean`` sets them to their mean activation
+over a store split (`FeatureStatistics.mean`, what `interp-sae inspect` records).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from activation_cache import ActivationStore, LanguageModel
+from activation_cache.reader import split_mask
+from activation_cache.store_format import DOC_IDS, TOKEN_IDS
+from dictionaries import Dictionary
+
+ABLATION_MODES = ("zero", "mean")
+
+
+class Splice:
+    """A TransformerLens hook function that splices `dictionary` in at `hook`, at the positions of `mask`.
+
+    Call `for_mask` before each forward pass; after it, `ablated_activations` holds the ablated
+    features' activations ([B, T, n] with zeros off the mask) of that pass.
+    """
+
+    def __init__(self, dictionary: Dictionary, hook: str, *, with_error: bool = False, ablate: Sequence[int] = (),
+                 mode: str = "zero", means: torch.Tensor | None = None):
+        if mode not in ABLATION_MODES:
+            raise ValueError(f"ablation mode must be one of {ABLATION_MODES}, got {mode!r}")
+        n = dictionary.config.n_latents
+        bad = [j for j in ablate if not 0 <= j < n]
+        if bad:
+            raise ValueError(f"features {bad} do not exist: the dictionary has features 0 … {n - 1}")
+        if mode == "mean" and ablate and means is None:
+            raise ValueError("mean ablation needs the features' means: pass `means` (FeatureStatistics.mean, "
+                             "or the `mean` of each feature in an inspection JSON)")
+        device = dictionary.decoder.weight.device
+        self.dictionary, self.hook, self.with_error = dictionary, hook, with_error
+        self.ablate = torch.tensor(list(ablate), dtype=torch.long, device=device)
+        self.replacement = (means.to(device).float()[self.ablate] if mode == "mean"
+                            else torch.zeros(len(ablate), device=device))
+        self.mask: torch.Tensor | None = None
+        self.ablated_activations: torch.Tensor | None = None
+
+    def for_mask(self, mask: torch.Tensor) -> "Splice":
+        self.mask = mask
+        return self
+
+    def __call__(self, activation: torch.Tensor, hook: Any) -> torch.Tensor:
+        check_model_width(self.dictionary, activation.shape[-1], self.hook)
+        mask = self.mask.to(activation.device)
+        x = activation[mask].float()
+        features = self.dictionary.encode(x)
+        if self.with_error:
+            change = self.replacement - features[:, self.ablate]
+            spliced = x + change @ self.dictionary.feature_directions[self.ablate] if len(self.ablate) else x
+        else:
+            features_new = features.clone()
+            features_new[:, self.ablate] = self.replacement
+            spliced = self.dictionary.decode(features_new)
+        record = activation.new_zeros(*mask.shape, len(self.ablate), dtype=torch.float32)
+        record[mask] = features[:, self.ablate]
+        self.ablated_activations = record
+        out = activation.clone()
+        out[mask] = spliced.to(activation.dtype)
+        return out
+
+
+def check_model_width(dictionary: Dictionary, width: int, hook: str) -> None:
+    if width != dictionary.config.d:
+        raise ValueError(
+            f"width mismatch: the dictionary takes d={dictionary.config.d} but the model's hook {hook!r} gives "
+            f"d={width}. Splice at the hook the dictionary was trained on (--hook), with the model it was trained on"
+        )
+
+
+def zero_hook(mask: torch.Tensor) -> Callable[[torch.Tensor, Any], torch.Tensor]:
+    """Zero-ablate the hook at the positions of `mask` (the other end of loss recovered)."""
+    def fn(activation: torch.Tensor, hook: Any) -> torch.Tensor:
+        return activation * ~mask.to(activation.device)[..., None]
+    return fn
+
+
+def prediction_mask(mask: torch.Tensor) -> torch.Tensor:
+    """[B, T−1]: which next-token predictions count (made at a document token, of a document token)."""
+    return mask[:, :-1] & mask[:, 1:]
+
+
+@torch.no_grad()
+def run_logits(lm: LanguageModel, ids: torch.Tensor, fwd_hooks: list | None = None) -> torch.Tensor:
+    """float32 logits [B, T, vocab] of the model on token ids [B, T], with the given hooks."""
+    ids = ids.to(lm.device)
+    return lm.bridge.run_with_hooks(ids, fwd_hooks=fwd_hooks or [], return_type="logits").float()
+
+
+def token_losses(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """[B, T−1] next-token cross-entropy of the prediction made at each position."""
+    log_probs = logits[:, :-1].log_softmax(-1)
+    return -log_probs.gather(-1, ids[:, 1:, None].to(logits.device)).squeeze(-1)
+
+
+@torch.no_grad()
+def loss_recovered(lm: LanguageModel, dictionary: Dictionary, hook: str, store: ActivationStore, *,
+                   split: str = "validation", max_rows: int = 64, batch_rows: int = 8,
+                   val_fraction: float = 0.1, split_seed: int = 0) -> dict[str, Any]:
+    """Next-token loss clean, spliced and zero-ablated at `hook` on held-out rows of the store.
+
+    fraction_recovered = (L_zero − L_spliced) / (L_zero − L_clean): 1 is a perfect dictionary,
+    0 no better than deleting the hook's output. Moves the dictionary to the model's device.
+    """
+    dictionary = dictionary.to(lm.device)
+    ids, doc_mask, loss_mask = _held_out_rows(store, split, max_rows, val_fraction, split_seed)
+    totals = {"clean": 0.0, "spliced": 0.0, "zero_ablated": 0.0}
+    splice = Splice(dictionary, hook)
+    count = 0
+    for lo in range(0, len(ids), batch_rows):
+        batch, positions = ids[lo: lo + batch_rows], doc_mask[lo: lo + batch_rows].to(lm.device)
+        counted = prediction_mask(positions) & loss_mask[lo: lo + batch_rows, 1:].to(lm.device)
+        runs = {"clean": [], "spliced": [(hook, splice.for_mask(positions))], "zero_ablated": [(hook, zero_hook(positions))]}
+        for name, hooks in runs.items():
+            totals[name] += float(token_losses(run_logits(lm, batch, hooks), batch)[counted].double().sum())
+        count += int(counted.sum())
+    if count == 0:
+        raise ValueError(f"split {split!r} of {store.root} has no next-token predictions to score")
+    losses = {f"{name}_loss": total / count for name, total in totals.items()}
+    gap = losses["zero_ablated_loss"] - losses["clean_loss"]
+    return {
+        **losses,
+        "fraction_recovered": (losses["zero_ablated_loss"] - losses["spliced_loss"]) / gap if gap else None,
+        "predictions": count,
+        "rows": len(ids),
+        "split": split,
+        "hook": hook,
+    }
+
+
+def _held_out_rows(store: ActivationStore, split: str, max_rows: int, val_fraction: float,
+                   split_seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(token ids, document-token mask, split mask), each [rows, ctx], of the first `max_rows`
+    rows that hold tokens of `split`."""
+    ids, docs, masks, taken = [], [], [], 0
+    for shard in range(len(store.manifest.shards)):
+        if taken >= max_rows:
+            break
+        arrays = store.token_arrays(shard)
+        mask = split_mask(arrays[DOC_IDS], split, val_fraction, split_seed)
+        keep = np.flatnonzero(mask.any(1))[: max_rows - taken]
+        ids.append(arrays[TOKEN_IDS][keep])
+        docs.append(arrays[DOC_IDS][keep] >= 0)
+        masks.append(mask[keep])
+        taken += len(keep)
+    if taken == 0:
+        raise ValueError(f"split {split!r} of {store.root} holds no tokens")
+    return (torch.from_numpy(np.concatenate(ids)).long(), torch.from_numpy(np.concatenate(docs)),
+            torch.from_numpy(np.concatenate(masks)))
