@@ -29,9 +29,7 @@ test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
 demo: setup
-	$(BIN)/interp-sae harvest --model builtin:smollm2 --dataset builtin:python-docs \
-		--hook blocks.15.hook_resid_post --tokens 131072 --context-length 128 --out $(DEMO_DIR)/store
-	$(BIN)/interp-sae verify $(DEMO_DIR)/store
+	$(BIN)/interp-sae demo --out $(DEMO_DIR)
 
 clean:
 	rm -rf $(VENV) runs

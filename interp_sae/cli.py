@@ -9,6 +9,7 @@ import typer
 
 from activation_cache import corpus, models
 from activation_cache.harvest import HarvestConfig
+from interp_sae.pipeline import PipelineConfig
 
 app = typer.Typer(
     help="Harvest LLM activations, train VAEase and sparse autoencoders on them, inspect and share the features.",
@@ -19,6 +20,7 @@ app = typer.Typer(
 )
 
 _DEFAULTS = HarvestConfig(out="")
+_PIPELINE = PipelineConfig()
 
 
 def _fail(exc: Exception) -> None:
@@ -133,6 +135,38 @@ def train(
         )
         train_from_store(store, configs, out, train_config, hook=hook, batch_size=batch_size,
                          val_fraction=val_fraction)
+    except (ValueError, RuntimeError, OSError, KeyError) as exc:
+        _fail(exc)
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path(_PIPELINE.out), "--out", "-o", help="Folder for everything the run makes. Rerun to resume or reuse finished steps."),
+    model: str = typer.Option(_PIPELINE.model, help="Model spec, as for `harvest` (default: the offline SmolLM2-135M)."),
+    dataset: str = typer.Option(_PIPELINE.dataset, help="Corpus, as for `harvest` (default: Python's own docs, offline)."),
+    hook: str = typer.Option(_PIPELINE.hook, help="Hook to harvest and train on (default: the middle residual layer of SmolLM2)."),
+    tokens: int = typer.Option(_PIPELINE.tokens, help="Tokens to harvest."),
+    context_length: int = typer.Option(_PIPELINE.context_length, help="Tokens per packed row."),
+    arch: List[str] = typer.Option(_PIPELINE.architectures, "--arch", help="Dictionaries to train and compare (the first inspected is --inspect)."),
+    latents: int = typer.Option(_PIPELINE.latents, help="Features per dictionary (paper: 300)."),
+    set_: List[str] = typer.Option([], "--set", help="Architecture hyperparameter ARCH.FIELD=VALUE, as for `train`."),
+    epochs: int = typer.Option(_PIPELINE.epochs, help="Training epochs."),
+    batch_size: int = typer.Option(_PIPELINE.batch_size, help="Training batch size."),
+    loss_rows: int = typer.Option(_PIPELINE.loss_rows, help="Held-out rows for the loss-recovered measurement."),
+    inspect: str = typer.Option(_PIPELINE.inspect_dictionary, "--inspect", help="Which trained dictionary to inspect and ablate."),
+    device: str = typer.Option(_PIPELINE.device, help="auto (cuda when present, else cpu), cpu, cuda, ..."),
+) -> None:
+    """The whole pipeline in one command: harvest a layer, train VAEase and the SAE baselines on
+    the same batches, compare them (RE, FVU, AD/L0, dead features, LM loss recovered), inspect
+    one into an HTML report, ablate a feature, and say where everything is."""
+    from interp_sae.pipeline import PipelineConfig, run_pipeline
+    from interp_sae.train_from_store import parse_overrides
+
+    try:
+        run_pipeline(PipelineConfig(
+            out=str(out), model=model, dataset=dataset, hook=hook, tokens=tokens, context_length=context_length,
+            architectures=list(arch), latents=latents, overrides=parse_overrides(list(set_)), epochs=epochs,
+            batch_size=batch_size, loss_rows=loss_rows, inspect_dictionary=inspect, device=device), say=typer.echo)
     except (ValueError, RuntimeError, OSError, KeyError) as exc:
         _fail(exc)
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import dictionaries as D
 from activation_cache import ActivationStore, ShuffledBatches
+from dictionaries.distributed import local_device
 
 
 class TrainSetupError(ValueError):
@@ -103,7 +104,7 @@ def train_from_store(
                 f"dictionary {name!r} takes d={config.d} inputs but {hook} in {store.root} has d={d}; "
                 f"build it with d={d}"
             )
-    device = D.resolve_device(train_config.device)
+    device = local_device(D.resolve_device(train_config.device))  # under torchrun: this rank's GPU
     split = dict(val_fraction=val_fraction, split_seed=split_seed, device=device)
     train_source = ShuffledBatches(store, hook, batch_size, split="train", seed=train_config.seed, **split)
     eval_source = ShuffledBatches(store, hook, batch_size, split="validation", seed=train_config.seed, **split)
