@@ -149,7 +149,8 @@ def demo(
     context_length: int = typer.Option(_PIPELINE.context_length, help="Tokens per packed row."),
     arch: List[str] = typer.Option(_PIPELINE.architectures, "--arch", help="Dictionaries to train and compare (the first inspected is --inspect)."),
     latents: int = typer.Option(_PIPELINE.latents, help="Features per dictionary (paper: 300)."),
-    set_: List[str] = typer.Option([], "--set", help="Architecture hyperparameter ARCH.FIELD=VALUE, as for `train`."),
+    set_: List[str] = typer.Option([], "--set", help=f"Architecture hyperparameter ARCH.FIELD=VALUE, as for `train`; added to the demo's {_PIPELINE.overrides}."),
+    normalize_input: bool = typer.Option(_PIPELINE.normalize_input, help="Scale inputs to mean norm √d while training (folded back on save)."),
     epochs: int = typer.Option(_PIPELINE.epochs, help="Training epochs."),
     batch_size: int = typer.Option(_PIPELINE.batch_size, help="Training batch size."),
     loss_rows: int = typer.Option(_PIPELINE.loss_rows, help="Held-out rows for the loss-recovered measurement."),
@@ -159,13 +160,14 @@ def demo(
     """The whole pipeline in one command: harvest a layer, train VAEase and the SAE baselines on
     the same batches, compare them (RE, FVU, AD/L0, dead features, LM loss recovered), inspect
     one into an HTML report, ablate a feature, and say where everything is."""
-    from interp_sae.pipeline import PipelineConfig, run_pipeline
+    from interp_sae.pipeline import PipelineConfig, merge_overrides, run_pipeline
     from interp_sae.train_from_store import parse_overrides
 
     try:
         run_pipeline(PipelineConfig(
             out=str(out), model=model, dataset=dataset, hook=hook, tokens=tokens, context_length=context_length,
-            architectures=list(arch), latents=latents, overrides=parse_overrides(list(set_)), epochs=epochs,
+            architectures=list(arch), latents=latents, normalize_input=normalize_input, epochs=epochs,
+            overrides=merge_overrides(_PIPELINE.overrides, parse_overrides(list(set_)), list(arch)),
             batch_size=batch_size, loss_rows=loss_rows, inspect_dictionary=inspect, device=device), say=typer.echo)
     except (ValueError, RuntimeError, OSError, KeyError) as exc:
         _fail(exc)
