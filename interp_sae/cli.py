@@ -173,19 +173,11 @@ def demo(
         _fail(exc)
 
 
-def _register_command_modules() -> None:
-    """Command groups that live in their own modules add themselves to ``app`` here."""
-    import importlib
+# Command groups that live in their own modules (they import `_fail` from here when they run).
+from interp_sae import cli_inspect, cli_share  # noqa: E402
 
-    for module in ("interp_sae.cli_share", "interp_sae.cli_inspect"):
-        try:
-            importlib.import_module(module).register(app)
-        except ModuleNotFoundError as exc:
-            if exc.name != module:
-                raise
-
-
-_register_command_modules()
+cli_share.register(app)
+cli_inspect.register(app)
 
 if __name__ == "__main__":
     app()
