@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 from typing import List, Optional
 
@@ -26,6 +27,16 @@ _PIPELINE = PipelineConfig()
 def _fail(exc: Exception) -> None:
     typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code=2)
+
+
+@contextmanager
+def _resumable(kept: str):
+    """Ctrl-C ends a long job with a line saying what was kept, not a traceback."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        typer.secho(f"\ninterrupted: {kept}; rerun the same command to resume", fg=typer.colors.YELLOW, err=True)
+        raise SystemExit(130) from None  # not typer.Exit: that is a RuntimeError, which the commands catch
 
 
 @app.command()
@@ -64,7 +75,8 @@ def harvest(
             context_length=context_length, batch_size=batch_size, shard_tokens=shard_tokens,
             store_dtype=store_dtype, model_dtype=model_dtype, device=device, on_nonfinite=on_nonfinite,
         )
-        run_harvest(config, progress=not quiet, repair=repair)
+        with _resumable("every complete shard is kept"):
+            run_harvest(config, progress=not quiet, repair=repair)
     except (ValueError, RuntimeError, OSError) as exc:
         _fail(exc)
 
@@ -133,8 +145,9 @@ def train(
             schedule=D.ScheduleConfig(kind=schedule, warmup_steps=warmup_steps),
             checkpoint_every=checkpoint_every, eval_every=eval_every, wandb_project=wandb_project, progress=not quiet,
         )
-        train_from_store(store, configs, out, train_config, hook=hook, batch_size=batch_size,
-                         val_fraction=val_fraction)
+        with _resumable("the last checkpoint is kept"):
+            train_from_store(store, configs, out, train_config, hook=hook, batch_size=batch_size,
+                             val_fraction=val_fraction)
     except (ValueError, RuntimeError, OSError, KeyError) as exc:
         _fail(exc)
 
@@ -164,11 +177,12 @@ def demo(
     from interp_sae.train_from_store import parse_overrides
 
     try:
-        run_pipeline(PipelineConfig(
-            out=str(out), model=model, dataset=dataset, hook=hook, tokens=tokens, context_length=context_length,
-            architectures=list(arch), latents=latents, normalize_input=normalize_input, epochs=epochs,
-            overrides=merge_overrides(_PIPELINE.overrides, parse_overrides(list(set_)), list(arch)),
-            batch_size=batch_size, loss_rows=loss_rows, inspect_dictionary=inspect, device=device), say=typer.echo)
+        with _resumable("finished steps and checkpoints are kept"):
+            run_pipeline(PipelineConfig(
+                out=str(out), model=model, dataset=dataset, hook=hook, tokens=tokens, context_length=context_length,
+                architectures=list(arch), latents=latents, normalize_input=normalize_input, epochs=epochs,
+                overrides=merge_overrides(_PIPELINE.overrides, parse_overrides(list(set_)), list(arch)),
+                batch_size=batch_size, loss_rows=loss_rows, inspect_dictionary=inspect, device=device), say=typer.echo)
     except (ValueError, RuntimeError, OSError, KeyError) as exc:
         _fail(exc)
 

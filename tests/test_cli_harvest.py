@@ -53,3 +53,41 @@ def test_verify_on_a_folder_that_is_not_a_store_says_how_to_make_one(tmp_path):
     result = run("verify", tmp_path)
     assert result.returncode == 2
     assert "is not an activation store" in result.stderr and "interp-sae harvest --out" in result.stderr
+
+
+INTERRUPT_AFTER_SECOND_SHARD = """
+import os, signal, sys
+from activation_cache import writer
+from interp_sae.cli import app
+real_replace, renamed = os.replace, []
+def replace(src, dst):
+    real_replace(src, dst)
+    if str(dst).endswith(".safetensors"):
+        renamed.append(dst)
+        if len(renamed) == 2:
+            os.kill(os.getpid(), signal.SIGINT)  # what Ctrl-C sends
+writer.os.replace = replace
+sys.argv = ["interp-sae", *sys.argv[1:]]
+app()
+"""
+
+
+@pytest.mark.slow
+def test_ctrl_c_keeps_every_complete_shard_and_the_same_command_finishes(tmp_path, tiny_model_folder, text_corpus):
+    out = tmp_path / "store"
+    args = ["harvest", "--model", str(tiny_model_folder), "--dataset", str(text_corpus), "--tokens", "4096",
+            "--hook", "blocks.2.hook_resid_post",
+            "--context-length", "32", "--shard-tokens", "512", "--out", str(out), "--quiet"]
+    interrupted = subprocess.run([sys.executable, "-c", INTERRUPT_AFTER_SECOND_SHARD, *args],
+                                 capture_output=True, text=True)
+    assert interrupted.returncode == 130, interrupted.stderr
+    assert "interrupted: every complete shard is kept; rerun the same command to resume" in interrupted.stderr
+    assert "Traceback" not in interrupted.stderr
+    partial = json.loads((out / "manifest.json").read_text())
+    assert not partial["complete"] and len(partial["shards"]) >= 2
+    assert run(*args).returncode == 0
+    assert run("verify", out).returncode == 0
+    straight = tmp_path / "straight"
+    assert run(*[str(straight) if a == str(out) else a for a in args]).returncode == 0
+    shard_bytes = lambda root: {p.name: p.read_bytes() for p in (root / "shards").iterdir()}  # noqa: E731
+    assert shard_bytes(out) == shard_bytes(straight)
