@@ -136,9 +136,14 @@ def ad_re_curve(model: Dictionary, x: torch.Tensor, max_k: int | None = None) ->
     directions = model.feature_directions.float()
     x_hat = model.decode(torch.zeros_like(features)).float()
     curve = []
-    for k in range(min(max_k or features.shape[-1], features.shape[-1])):
+    last_k = min(max_k or features.shape[-1], features.shape[-1])
+    for k in range(last_k):
         latent = order[:, k]
-        x_hat = x_hat + features.gather(-1, latent[:, None]) * directions[latent]
+        values = features.gather(-1, latent[:, None])
+        if not values.any():  # no vector has a k-th active latent (sparse SAEs): the curve is flat from here
+            curve += [(j + 1, curve[-1][1] if curve else float(squared_error(x, x_hat).mean())) for j in range(k, last_k)]
+            break
+        x_hat = x_hat + values * directions[latent]
         curve.append((k + 1, float(squared_error(x, x_hat).mean())))
     model.train(was_training)
     return curve

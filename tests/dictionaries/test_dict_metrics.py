@@ -101,3 +101,13 @@ def test_active_mask_matches_ad():
     x = torch.randn(10, 5)
     positive = (model.encoder(x) > 0).sum(-1).clamp(max=3)  # TopK keeps ≤ k positive latents
     assert torch.equal(D.active_mask(model, x).sum(-1), positive)
+
+
+def test_ad_re_curve_is_flat_past_the_last_active_latent_and_ends_at_the_full_decode():
+    model = D.create(D.make_config("sae_topk", d=6, n_latents=10, k=2), seed=0)
+    x = torch.randn(32, 6, generator=torch.Generator().manual_seed(1))
+    curve = D.ad_re_curve(model, x)
+    assert [k for k, _ in curve] == list(range(1, 11))
+    assert all(re == curve[1][1] for _, re in curve[2:])  # at most 2 latents are active per vector
+    full = float(((x - model(x)) ** 2).sum(-1).mean())
+    assert curve[-1][1] == pytest.approx(full, rel=1e-5)
