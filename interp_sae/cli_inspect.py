@@ -48,9 +48,9 @@ def inspect(
 
     try:
         opened = ActivationStore(store)
+        loaded = load_dictionary(dictionary)  # before the model: a wrong path should fail in a second, not after loading it
         lm = None if no_model else _load_model(model or opened.manifest.model["id"], device)
-        target = lm.device if lm is not None else _device(device)
-        loaded = load_dictionary(dictionary, device=target)
+        loaded = loaded.to(lm.device if lm is not None else _device(device))
         config = InspectConfig(split=split, top_k=top_k, window=window, rank_by=rank_by, batch_size=batch_size,
                                loss_rows=loss_rows, ablate=list(ablate), ablation_mode=ablation_mode)
         results = run_inspect(opened, loaded, hook, config, lm=lm, dictionary_path=str(dictionary))
