@@ -91,8 +91,8 @@ class ShuffledBatches:
         pending: list[tuple[int, list[int]]] = []
         for number, shards in enumerate(self._windows(epoch)):
             size = int(self.shard_counts[shards].sum())
-            if skip >= size:
-                skip -= size  # skipped without reading its activations
+            if not pending and skip >= size:
+                skip -= size  # a leading window wholly before batch `start`: never read
             else:
                 pending.append((number, shards))
         carry = None
