@@ -37,7 +37,12 @@ class Cluster:
         return self.rank == 0
 
     def local_slice(self, batch: torch.Tensor) -> torch.Tensor:
-        return batch.tensor_split(self.world_size)[self.rank] if self.distributed else batch
+        """This rank's equal share of a global batch. A batch that does not split evenly (the short
+        last one of an epoch) is trained whole on every rank: DDP averages equal-weight gradients,
+        so uneven slices would not give the single-process step, and empty ones a NaN loss."""
+        if not self.distributed or len(batch) % self.world_size:
+            return batch
+        return batch.tensor_split(self.world_size)[self.rank]
 
     def barrier(self) -> None:
         if self.distributed:

@@ -53,3 +53,12 @@ def test_warmup_schedules():
     assert all(a >= b for a, b in zip(lrs[3:], lrs[4:]))
     constant = D.ScheduleConfig(kind="warmup_constant", warmup_steps=2)
     assert [D.learning_rate(constant, 1.0, s, 10) for s in range(4)] == [0.5, 1.0, 1.0, 1.0]
+
+
+def test_a_rank_takes_its_equal_slice_and_an_uneven_batch_whole():
+    from dictionaries.distributed import Cluster
+
+    second_of_two = Cluster(rank=1, world_size=2)
+    assert second_of_two.local_slice(torch.arange(6)).tolist() == [3, 4, 5]
+    assert second_of_two.local_slice(torch.arange(5)).tolist() == [0, 1, 2, 3, 4]  # never empty or uneven
+    assert Cluster().local_slice(torch.arange(5)).tolist() == [0, 1, 2, 3, 4]
