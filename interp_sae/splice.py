@@ -50,7 +50,7 @@ class Splice:
         device = dictionary.decoder.weight.device
         self.dictionary, self.hook, self.with_error = dictionary, hook, with_error
         self.ablate = torch.tensor(list(ablate), dtype=torch.long, device=device)
-        self.replacement = (means.to(device).float()[self.ablate] if mode == "mean"
+        self.replacement = (means.to(device).float()[self.ablate] if mode == "mean" and len(ablate)
                             else torch.zeros(len(ablate), device=device))
         self.mask: torch.Tensor | None = None
         self.ablated_activations: torch.Tensor | None = None

@@ -105,3 +105,10 @@ def test_model_width_mismatch_names_both_widths(tiny_lm):
     narrow = D.create(D.make_config("sae_l1", d=16, n_latents=8), seed=0)
     with pytest.raises(ValueError, match=r"d=16.*'blocks.1.hook_resid_post' gives d=32"):
         ablate(tiny_lm, narrow, HOOK, [text_sequence(tiny_lm, TEXT)], [0])
+
+
+def test_mean_mode_with_nothing_to_ablate_is_the_plain_splice(tiny_lm, sae):
+    ids, mask = ids_and_mask(tiny_lm)
+    plain = recorded_output(tiny_lm, ids, [(HOOK, Splice(sae, HOOK, with_error=True).for_mask(mask))])
+    mean_mode = recorded_output(tiny_lm, ids, [(HOOK, Splice(sae, HOOK, with_error=True, mode="mean").for_mask(mask))])
+    assert torch.equal(plain, mean_mode)
