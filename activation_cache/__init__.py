@@ -2,7 +2,8 @@
 
 from .batches import ShuffledBatches
 from .corpus import BUILTIN_PYDOC, CorpusError, CorpusSpec, iter_documents
-from .harvest import HarvestConfig, HarvestError, harvest
+from .harvest import HarvestConfig, harvest
+from .harvest_guards import HarvestError
 from .hooks import HookError
 from .models import BUILTIN_SMOLLM2, LanguageModel, ModelLoadError, load_model
 from .reader import ActivationStats, ActivationStore, ShardIntegrityError, TokenRecord

@@ -11,16 +11,10 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import fcntl
-import hashlib
-import json
 import math
-import os
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Iterator
 
 import torch
 from tqdm.auto import tqdm
@@ -30,19 +24,15 @@ from .hooks import stop_layer, validate_hooks
 from .models import DEFAULT_MODEL, LanguageModel, load_model, torch_dtype
 from .packing import PackedRows, pack_blocks, pack_rows
 from .ranks import Ranks
+from .harvest_guards import (
+    LOCK_NAME, HarvestError, check_process_count, check_same_settings, settings_identity, store_lock,
+)
 from .reader import ActivationStore
 from .store_format import (
     DOC_IDS, DOC_POSITIONS, MANIFEST_NAME, SHARD_DIR, STORE_DTYPES, TOKEN_IDS, TOKENIZER_DIR,
     HookRecord, Manifest, PackerState, partial_manifest_name, read_manifest, shard_file_name, write_manifest,
 )
 from .writer import ShardWriter, write_shard_file
-
-LOCK_NAME = ".harvest.lock"
-
-
-class HarvestError(RuntimeError):
-    """The harvest cannot go on as asked; the message says why and what to do."""
-
 
 @dataclass
 class HarvestConfig:
@@ -97,70 +87,6 @@ def _package_version() -> str:
         return version("interp-sae")
     except PackageNotFoundError:
         return "unknown"
-
-
-def _tokenizer_fingerprint(tokenizer) -> str:
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    text = backend.to_str() if backend is not None else json.dumps(tokenizer.get_vocab(), sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-def _identity(config: HarvestConfig, model: LanguageModel | None) -> dict:
-    """What determines the bytes on disk. Budget, batch size and device may change on resume.
-    Without the model (before loading it) the tokenizer cannot be fingerprinted yet."""
-    identity = {
-        "model": model.info["id"] if model is not None else config.model,
-        "revision": config.revision,
-        "model_dtype": config.model_dtype,
-        "hooks": list(config.hooks),
-        "store_dtype": config.store_dtype,
-        "context_length": config.context_length,
-        "shard_rows": config.shard_rows,
-        "corpus": asdict(config.corpus),
-    }
-    if model is not None:
-        identity["tokenizer_sha256"] = _tokenizer_fingerprint(model.tokenizer)
-    return identity
-
-
-@contextmanager
-def store_lock(out: Path, name: str = LOCK_NAME) -> Iterator[None]:
-    """One harvest per folder (per stream under torchrun). flock is released by the kernel when
-    a process dies, so a killed harvest never leaves a lock that blocks the next run."""
-    handle = open(out / name, "a+")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.seek(0)
-        holder = handle.read().strip() or "unknown"
-        handle.close()
-        raise HarvestError(
-            f"another harvest (pid {holder}) is writing to {out}; wait for it, or choose another --out"
-        ) from None
-    try:
-        handle.seek(0)
-        handle.truncate()
-        handle.write(str(os.getpid()))
-        handle.flush()
-        yield
-    finally:
-        fcntl.flock(handle, fcntl.LOCK_UN)
-        handle.close()
-
-
-def _check_same_config(existing: Manifest, identity: dict, out: Path) -> None:
-    """Refuse to mix harvests. Keys missing from ``identity`` are not compared (they need the model)."""
-    changed = [
-        f"  {key}: store has {existing.identity.get(key)!r}, this run asks {identity[key]!r}"
-        for key in sorted(identity)
-        if existing.identity.get(key) != identity[key]
-    ]
-    if not changed:
-        return
-    raise HarvestError(
-        f"{out} already holds a harvest made with other settings:\n" + "\n".join(changed)
-        + "\nRerun with the store's settings to resume it, or choose a new --out."
-    )
 
 
 def _remove_unlisted_shards(out: Path, manifest: Manifest, ranks: Ranks) -> None:
@@ -233,11 +159,11 @@ def harvest(config: HarvestConfig, model: LanguageModel | None = None, progress:
     progress = progress and ranks.is_main
     merged = read_manifest(out) if (out / MANIFEST_NAME).exists() else None
     if merged is not None:
-        _check_same_config(merged, _identity(config, model), out)
+        check_same_settings(merged, settings_identity(config, model), out)
         if _finished(merged, config) and not repair:
             _report(progress, f"{out}: complete, {merged.tokens:,} tokens already harvested; nothing to do")
             return merged
-    _check_process_count(out, merged, ranks)
+    check_process_count(out, merged, ranks)
     lock_name = LOCK_NAME if ranks.world == 1 else f"{LOCK_NAME}.stream-{ranks.rank}-of-{ranks.world}"
     with store_lock(out, lock_name):
         manifest = _harvest_stream(config, model, out, ranks, progress, repair)
@@ -248,21 +174,6 @@ def harvest(config: HarvestConfig, model: LanguageModel | None = None, progress:
         write_manifest(out, _merge_streams(out, ranks.world, config.tokens))
     ranks.barrier()
     return read_manifest(out)
-
-
-def _check_process_count(out: Path, merged: Manifest | None, ranks: Ranks) -> None:
-    """An unfinished harvest resumes only with the number of processes that started it:
-    documents are dealt to streams by that number."""
-    started = {int(p.name.split("-of-")[1].split(".")[0]) for p in out.glob("manifest.stream-*-of-*.json")}
-    if merged is not None and not merged.complete:
-        started.add(merged.streams)
-    if started - {ranks.world}:
-        count = max(started - {ranks.world})
-        raise HarvestError(
-            f"{out} holds an unfinished harvest started by {count} process(es) and this run has {ranks.world}; "
-            f"resume it with the same number (torchrun --nproc_per_node {count}, or no torchrun for 1), "
-            "or harvest into a new --out"
-        )
 
 
 def _harvest_stream(config: HarvestConfig, model: LanguageModel | None, out: Path, ranks: Ranks,
@@ -278,7 +189,7 @@ def _harvest_stream(config: HarvestConfig, model: LanguageModel | None, out: Pat
             f"context-length {config.context_length} exceeds the model's {model.n_ctx} positions; "
             f"use --context-length {model.n_ctx} or less"
         )
-    identity = _identity(config, model)
+    identity = settings_identity(config, model)
     stop = stop_layer(hooks)
     (out / SHARD_DIR).mkdir(exist_ok=True)
     if existing is None:
@@ -287,7 +198,7 @@ def _harvest_stream(config: HarvestConfig, model: LanguageModel | None, out: Pat
             model.tokenizer.save_pretrained(out / TOKENIZER_DIR)
         write_manifest(out, manifest, name)
     else:
-        _check_same_config(existing, identity, out)
+        check_same_settings(existing, identity, out)
         manifest = existing
         if repair:
             _repair(config, model, manifest, out, hooks, stop, progress)
