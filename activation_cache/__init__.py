@@ -10,8 +10,24 @@ from .reader import ActivationStats, ActivationStore, ShardIntegrityError, Token
 from .store_format import FORMAT_VERSION, Manifest, StoreFormatError
 
 __all__ = [
-    "ActivationStats", "ActivationStore", "BUILTIN_PYDOC", "BUILTIN_SMOLLM2", "CorpusError", "CorpusSpec",
-    "FORMAT_VERSION", "HarvestConfig", "HarvestError", "HookError", "LanguageModel", "Manifest",
-    "ModelLoadError", "ShardIntegrityError", "ShuffledBatches", "StoreFormatError", "TokenRecord",
-    "harvest", "iter_documents", "load_model",
+    "BUILTIN_PYDOC",
+    "BUILTIN_SMOLLM2",
+    "FORMAT_VERSION",
+    "ActivationStats",
+    "ActivationStore",
+    "CorpusError",
+    "CorpusSpec",
+    "HarvestConfig",
+    "HarvestError",
+    "HookError",
+    "LanguageModel",
+    "Manifest",
+    "ModelLoadError",
+    "ShardIntegrityError",
+    "ShuffledBatches",
+    "StoreFormatError",
+    "TokenRecord",
+    "harvest",
+    "iter_documents",
+    "load_model",
 ]

@@ -16,9 +16,9 @@ This class implements the trainer's ``BatchSource`` protocol (``d``, ``num_batch
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from functools import cached_property
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -60,8 +60,13 @@ class ShuffledBatches:
     @cached_property
     def shard_counts(self) -> np.ndarray:
         """Selected vectors per shard (reads only the small doc-id arrays)."""
-        return np.array([int(self._mask(self.store.token_arrays(i)[DOC_IDS]).sum())
-                         for i in range(len(self.store.manifest.shards))], dtype=np.int64)
+        return np.array(
+            [
+                int(self._mask(self.store.token_arrays(i)[DOC_IDS]).sum())
+                for i in range(len(self.store.manifest.shards))
+            ],
+            dtype=np.int64,
+        )
 
     def __len__(self) -> int:
         return int(self.shard_counts.sum())
@@ -82,7 +87,9 @@ class ShuffledBatches:
             tensors = self.store.load_shard(shard, [self.hook, DOC_IDS])
             parts.append(tensors[self.hook][torch.from_numpy(self._mask(tensors[DOC_IDS].numpy()))])
         vectors = torch.cat(parts)
-        generator = torch.Generator().manual_seed(int(np.random.default_rng([self.seed, epoch, number]).integers(2**62)))
+        generator = torch.Generator().manual_seed(
+            int(np.random.default_rng([self.seed, epoch, number]).integers(2**62))
+        )
         return vectors[torch.randperm(len(vectors), generator=generator)]
 
     def batches(self, epoch: int = 0, start: int = 0) -> Iterator[torch.Tensor]:

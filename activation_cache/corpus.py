@@ -23,9 +23,9 @@ import itertools
 import json
 import platform
 import sysconfig
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 BUILTIN_PYDOC = "builtin:pydoc"
 BUILTIN_PYTHON_DOCS = "builtin:python-docs"
@@ -48,8 +48,10 @@ class CorpusSpec:
 
     def describe(self) -> dict:
         kind = (
-            "builtin" if self.dataset.startswith("builtin:")
-            else "local" if Path(self.dataset).exists()
+            "builtin"
+            if self.dataset.startswith("builtin:")
+            else "local"
+            if Path(self.dataset).exists()
             else "huggingface"
         )
         return {
@@ -96,8 +98,11 @@ def _stdlib_docstrings() -> Iterator[str]:
             tree = ast.parse(path.read_text(encoding="utf-8"))
         except (SyntaxError, UnicodeDecodeError, OSError):
             continue
-        nodes = (n for n in ast.walk(tree)
-                 if isinstance(n, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)))
+        nodes = (
+            n
+            for n in ast.walk(tree)
+            if isinstance(n, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+        )
         docs = [doc for doc in map(ast.get_docstring, nodes) if doc and len(doc) > 80]
         if docs:
             yield "\n\n".join(docs)
@@ -105,9 +110,7 @@ def _stdlib_docstrings() -> Iterator[str]:
 
 def _local(path: Path, column: str) -> Iterator[str]:
     files = (
-        sorted(p for p in path.rglob("*") if p.suffix in LOCAL_SUFFIXES and p.is_file())
-        if path.is_dir()
-        else [path]
+        sorted(p for p in path.rglob("*") if p.suffix in LOCAL_SUFFIXES and p.is_file()) if path.is_dir() else [path]
     )
     if not files:
         raise CorpusError(f"{path} holds no {'/'.join(LOCAL_SUFFIXES)} files")
@@ -143,8 +146,7 @@ def _jsonl(file: Path, column: str) -> Iterator[str]:
         if not isinstance(record, dict) or column not in record:
             found = sorted(record) if isinstance(record, dict) else type(record).__name__
             raise CorpusError(
-                f"{file}:{line_number}: no text column {column!r} (found {found}); "
-                "pass --text-column NAME"
+                f"{file}:{line_number}: no text column {column!r} (found {found}); pass --text-column NAME"
             )
         yield str(record[column])
 
@@ -165,9 +167,7 @@ def _huggingface(spec: CorpusSpec, start: int) -> Iterator[str]:
     import datasets
 
     try:
-        stream = datasets.load_dataset(
-            spec.dataset, spec.dataset_config, split=spec.split, streaming=True
-        )
+        stream = datasets.load_dataset(spec.dataset, spec.dataset_config, split=spec.split, streaming=True)
     except Exception as exc:  # datasets raises many types; all mean "cannot open this source"
         raise CorpusError(
             f"cannot open dataset {spec.dataset!r} (config {spec.dataset_config!r}, split "
@@ -176,8 +176,7 @@ def _huggingface(spec: CorpusSpec, start: int) -> Iterator[str]:
     columns = stream.column_names
     if columns is not None and spec.text_column not in columns:
         raise CorpusError(
-            f"dataset {spec.dataset!r} has no column {spec.text_column!r} (found {columns}); "
-            "pass --text-column NAME"
+            f"dataset {spec.dataset!r} has no column {spec.text_column!r} (found {columns}); pass --text-column NAME"
         )
     for record in stream.skip(start) if start else stream:
         yield str(record[spec.text_column])

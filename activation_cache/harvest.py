@@ -20,19 +20,37 @@ import torch
 from tqdm.auto import tqdm
 
 from .corpus import DEFAULT_DATASET, CorpusSpec, iter_documents
+from .harvest_guards import (
+    LOCK_NAME,
+    HarvestError,
+    check_process_count,
+    check_same_settings,
+    settings_identity,
+    store_lock,
+)
 from .hooks import stop_layer, validate_hooks
 from .models import DEFAULT_MODEL, LanguageModel, load_model, torch_dtype
 from .packing import PackedRows, pack_blocks, pack_rows
 from .ranks import Ranks
-from .harvest_guards import (
-    LOCK_NAME, HarvestError, check_process_count, check_same_settings, settings_identity, store_lock,
-)
 from .reader import ActivationStore
 from .store_format import (
-    DOC_IDS, DOC_POSITIONS, MANIFEST_NAME, SHARD_DIR, STORE_DTYPES, TOKEN_IDS, TOKENIZER_DIR,
-    HookRecord, Manifest, PackerState, partial_manifest_name, read_manifest, shard_file_name, write_manifest,
+    DOC_IDS,
+    DOC_POSITIONS,
+    MANIFEST_NAME,
+    SHARD_DIR,
+    STORE_DTYPES,
+    TOKEN_IDS,
+    TOKENIZER_DIR,
+    HookRecord,
+    Manifest,
+    PackerState,
+    partial_manifest_name,
+    read_manifest,
+    shard_file_name,
+    write_manifest,
 )
 from .writer import ShardWriter, write_shard_file
+
 
 @dataclass
 class HarvestConfig:
@@ -98,8 +116,9 @@ def _remove_unlisted_shards(out: Path, manifest: Manifest, ranks: Ranks) -> None
             path.unlink()
 
 
-def _new_manifest(config: HarvestConfig, model: LanguageModel, identity: dict, d: dict[str, int],
-                  streams: int) -> Manifest:
+def _new_manifest(
+    config: HarvestConfig, model: LanguageModel, identity: dict, d: dict[str, int], streams: int
+) -> Manifest:
     tok = model.tokenizer
     return Manifest(
         identity=identity,
@@ -132,9 +151,7 @@ def _hook_widths(model: LanguageModel, hooks: list[str], stop: int | None) -> di
 
 def _forward(model: LanguageModel, ids: torch.Tensor, hooks: list[str], stop: int | None) -> dict[str, torch.Tensor]:
     with torch.inference_mode():
-        _, cache = model.bridge.run_with_cache(
-            ids, names_filter=hooks, stop_at_layer=stop, return_cache_object=False
-        )
+        _, cache = model.bridge.run_with_cache(ids, names_filter=hooks, stop_at_layer=stop, return_cache_object=False)
     acts = {}
     for h in hooks:
         a = cache[h]
@@ -147,8 +164,9 @@ def _forward(model: LanguageModel, ids: torch.Tensor, hooks: list[str], stop: in
     return acts
 
 
-def harvest(config: HarvestConfig, model: LanguageModel | None = None, progress: bool = True,
-            repair: bool = False) -> Manifest:
+def harvest(
+    config: HarvestConfig, model: LanguageModel | None = None, progress: bool = True, repair: bool = False
+) -> Manifest:
     """Harvest into ``config.out``, creating it or resuming what is there. Returns the manifest.
 
     ``repair`` first re-harvests every listed shard that fails its checksum (only those).
@@ -176,8 +194,9 @@ def harvest(config: HarvestConfig, model: LanguageModel | None = None, progress:
     return read_manifest(out)
 
 
-def _harvest_stream(config: HarvestConfig, model: LanguageModel | None, out: Path, ranks: Ranks,
-                    progress: bool, repair: bool) -> Manifest:
+def _harvest_stream(
+    config: HarvestConfig, model: LanguageModel | None, out: Path, ranks: Ranks, progress: bool, repair: bool
+) -> Manifest:
     """This process's part: create or resume its (partial) manifest and harvest its stream."""
     name = partial_manifest_name(ranks.rank, ranks.world)
     existing = read_manifest(out, name) if (out / name).exists() else None
@@ -225,8 +244,7 @@ def _merge_streams(out: Path, streams: int, target_tokens: int) -> Manifest:
         for shard in part.shards:
             merged.shards.append(dataclasses.replace(shard, first_row=merged.rows))
     merged.complete = all(p.complete for p in parts)
-    merged.stop_reason = ("corpus_exhausted" if any(p.stop_reason == "corpus_exhausted" for p in parts)
-                          else "budget")
+    merged.stop_reason = "corpus_exhausted" if any(p.stop_reason == "corpus_exhausted" for p in parts) else "budget"
     return merged
 
 
@@ -254,8 +272,15 @@ def _packed_rows(config: HarvestConfig, model: LanguageModel, start: PackerState
     )
 
 
-def _repair(config: HarvestConfig, model: LanguageModel, manifest: Manifest, out: Path,
-            hooks: list[str], stop: int | None, progress: bool) -> None:
+def _repair(
+    config: HarvestConfig,
+    model: LanguageModel,
+    manifest: Manifest,
+    out: Path,
+    hooks: list[str],
+    stop: int | None,
+    progress: bool,
+) -> None:
     """Re-harvest damaged shards in place: each shard's first row follows from the packer state
     recorded at the end of the shard before it, so no other shard is touched."""
     store = ActivationStore(out, verify_reads=True)
@@ -264,31 +289,56 @@ def _repair(config: HarvestConfig, model: LanguageModel, manifest: Manifest, out
     store_dtype = torch_dtype(manifest.dtype)
     for index in damaged:
         record = manifest.shards[index]
-        block = next(pack_blocks(_packed_rows(config, model, manifest.start_state(index), record.stream,
-                                              manifest.streams), record.rows), None)
+        block = next(
+            pack_blocks(
+                _packed_rows(config, model, manifest.start_state(index), record.stream, manifest.streams), record.rows
+            ),
+            None,
+        )
         if block is None or len(block.token_ids) != record.rows or block.end_state != record.end_state:
             raise HarvestError(
                 f"cannot repair shard {index}: the corpus no longer yields the same tokens there "
                 "(was it changed?). Harvest into a new --out instead."
             )
-        bar = tqdm(total=record.rows * config.context_length, unit="tok", unit_scale=True,
-                   desc=f"repair shard {index}", disable=not progress)
+        bar = tqdm(
+            total=record.rows * config.context_length,
+            unit="tok",
+            unit_scale=True,
+            desc=f"repair shard {index}",
+            disable=not progress,
+        )
         tensors, record.nonfinite_positions = _compute_shard(
-            model, block, hooks, stop, config.batch_size, store_dtype, record.first_row, bar, config.on_nonfinite)
+            model, block, hooks, stop, config.batch_size, store_dtype, record.first_row, bar, config.on_nonfinite
+        )
         bar.close()
         # Same device and dtype give the same bytes; another device may differ in low bits.
         record.bytes, record.sha256 = write_shard_file(out / record.file, tensors, index)
         write_manifest(out, manifest)  # repair runs in one process, on the merged manifest
 
 
-def _run(config: HarvestConfig, model: LanguageModel, manifest: Manifest, out: Path,
-         hooks: list[str], stop: int | None, progress: bool, ranks: Ranks) -> None:
+def _run(
+    config: HarvestConfig,
+    model: LanguageModel,
+    manifest: Manifest,
+    out: Path,
+    hooks: list[str],
+    stop: int | None,
+    progress: bool,
+    ranks: Ranks,
+) -> None:
     ctx = config.context_length
     all_rows = math.ceil(config.tokens / ctx)
     target_rows = all_rows // ranks.world + (ranks.rank < all_rows % ranks.world)  # this stream's share
     rows = _packed_rows(config, model, manifest.resume_state(), ranks.rank, ranks.world)
-    bar = tqdm(total=target_rows * ctx, initial=manifest.tokens, unit="tok", unit_scale=True,
-               desc="harvest", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(
+        total=target_rows * ctx,
+        initial=manifest.tokens,
+        unit="tok",
+        unit_scale=True,
+        desc="harvest",
+        disable=not progress,
+        dynamic_ncols=True,
+    )
 
     def show_written(_record) -> None:  # called by the writer thread after each commit
         bar.set_postfix_str(f"{len(manifest.shards)} shards, {manifest.bytes / 2**20:,.0f} MiB on disk", refresh=False)
@@ -305,10 +355,24 @@ def _run(config: HarvestConfig, model: LanguageModel, manifest: Manifest, out: P
             if block is None:
                 exhausted = True
                 break
-            tensors, skipped = _compute_shard(model, block, hooks, stop, config.batch_size, store_dtype,
-                                              first_row=produced, bar=bar, on_nonfinite=config.on_nonfinite)
-            writer.submit(tensors, rows=len(block.token_ids), valid_tokens=int((block.doc_ids >= 0).sum()),
-                          end_state=block.end_state, nonfinite_positions=skipped)
+            tensors, skipped = _compute_shard(
+                model,
+                block,
+                hooks,
+                stop,
+                config.batch_size,
+                store_dtype,
+                first_row=produced,
+                bar=bar,
+                on_nonfinite=config.on_nonfinite,
+            )
+            writer.submit(
+                tensors,
+                rows=len(block.token_ids),
+                valid_tokens=int((block.doc_ids >= 0).sum()),
+                end_state=block.end_state,
+                nonfinite_positions=skipped,
+            )
             produced += len(block.token_ids)
             if len(block.token_ids) < block_rows:
                 exhausted = True
@@ -317,19 +381,28 @@ def _run(config: HarvestConfig, model: LanguageModel, manifest: Manifest, out: P
         bar.close()
         writer.close()
     if manifest.valid_tokens == 0 and ranks.world == 1:  # (a stream of a small corpus may be empty)
-        raise HarvestError(
-            f"the corpus {config.dataset!r} gave no tokens: it is empty, or every document is blank"
-        )
+        raise HarvestError(f"the corpus {config.dataset!r} gave no tokens: it is empty, or every document is blank")
     manifest.complete = True
     manifest.stop_reason = "corpus_exhausted" if exhausted else "budget"
     write_manifest(out, manifest, partial_manifest_name(ranks.rank, ranks.world))
-    _report(progress, f"{out}: {manifest.tokens:,} tokens in {len(manifest.shards)} shards "
-                      f"({manifest.bytes / 2**20:,.1f} MiB), {manifest.stop_reason}")
+    _report(
+        progress,
+        f"{out}: {manifest.tokens:,} tokens in {len(manifest.shards)} shards "
+        f"({manifest.bytes / 2**20:,.1f} MiB), {manifest.stop_reason}",
+    )
 
 
-def _compute_shard(model: LanguageModel, block: PackedRows, hooks: list[str], stop: int | None,
-                   batch_size: int, store_dtype: torch.dtype, first_row: int, bar,
-                   on_nonfinite: str = "stop") -> tuple[dict[str, torch.Tensor], int]:
+def _compute_shard(
+    model: LanguageModel,
+    block: PackedRows,
+    hooks: list[str],
+    stop: int | None,
+    batch_size: int,
+    store_dtype: torch.dtype,
+    first_row: int,
+    bar,
+    on_nonfinite: str = "stop",
+) -> tuple[dict[str, torch.Tensor], int]:
     """Run the block's rows through the model. Returns the shard's tensors and the number of
     positions skipped for non-finite activations (``on_nonfinite="skip"``: their vectors are
     zeroed and their doc id set to -1, so no reader trains on them)."""

@@ -7,10 +7,11 @@ import fcntl
 import hashlib
 import json
 import os
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
 from .models import LanguageModel
 from .ranks import Ranks
@@ -54,7 +55,7 @@ def settings_identity(config: HarvestConfig, model: LanguageModel | None) -> dic
 def store_lock(out: Path, name: str = LOCK_NAME) -> Iterator[None]:
     """One harvest per folder (per stream under torchrun). flock is released by the kernel when
     a process dies, so a killed harvest never leaves a lock that blocks the next run."""
-    handle = open(out / name, "a+")
+    handle = open(out / name, "a+")  # noqa: SIM115 (held while the lock is)
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -85,7 +86,8 @@ def check_same_settings(existing: Manifest, identity: dict, out: Path) -> None:
     if not changed:
         return
     raise HarvestError(
-        f"{out} already holds a harvest made with other settings:\n" + "\n".join(changed)
+        f"{out} already holds a harvest made with other settings:\n"
+        + "\n".join(changed)
         + "\nRerun with the store's settings to resume it, or choose a new --out."
     )
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Iterable
+from collections.abc import Iterable
 
 _BLOCK = re.compile(r"^blocks\.(\d+)\.")
 
@@ -47,8 +47,10 @@ def stop_layer(hooks: Iterable[str]) -> int | None:
 
     None (run the whole model) when a hook lies after the blocks, e.g. ``ln_final.hook_out``."""
     layers = [hook_layer(h) for h in hooks]
-    if any(layer is None and not h.startswith(("embed.", "hook_embed", "hook_pos_embed"))
-           for layer, h in zip(layers, hooks)):
+    if any(
+        layer is None and not h.startswith(("embed.", "hook_embed", "hook_pos_embed"))
+        for layer, h in zip(layers, hooks)
+    ):
         return None
     block_layers = [layer for layer in layers if layer is not None]
     return max(block_layers) + 1 if block_layers else 1

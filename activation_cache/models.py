@@ -36,8 +36,9 @@ class ModelLoadError(RuntimeError):
 
 def resolve_device(device: str) -> torch.device:
     """``auto`` = cuda when present, else cpu; under torchrun each process takes its local rank's GPU."""
-    resolved = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                            "cpu" if device == "auto" else device)
+    resolved = torch.device(
+        "cuda" if device == "auto" and torch.cuda.is_available() else "cpu" if device == "auto" else device
+    )
     if resolved.type == "cuda" and resolved.index is None and "LOCAL_RANK" in os.environ:
         return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
     return resolved
@@ -97,7 +98,7 @@ class LanguageModel:
         revision: str | None = None,
         device: str = "auto",
         dtype: str = "float32",
-    ) -> "LanguageModel":
+    ) -> LanguageModel:
         """Bridge an already-built Hugging Face causal LM. The bridge rewires ``hf_model``'s
         modules in place (TransformerLens 4 does so to hook them): keep using it through the
         bridge, and save or share the original weights before bridging."""

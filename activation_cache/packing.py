@@ -11,8 +11,8 @@ that state yields exactly the rows an uninterrupted run would have produced next
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator
 
 import numpy as np
 

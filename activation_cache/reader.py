@@ -14,7 +14,13 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load as safetensors_load
 
 from .store_format import (
-    DOC_IDS, DOC_POSITIONS, RESERVED_TENSORS, TOKEN_IDS, TOKENIZER_DIR, Manifest, StoreFormatError,
+    DOC_IDS,
+    DOC_POSITIONS,
+    RESERVED_TENSORS,
+    TOKEN_IDS,
+    TOKENIZER_DIR,
+    Manifest,
+    StoreFormatError,
     read_manifest,
 )
 
@@ -25,8 +31,9 @@ class ShardIntegrityError(StoreFormatError):
     """A shard on disk differs from what the manifest recorded."""
 
 
-def split_mask(doc_ids: np.ndarray, split: str, val_fraction: float, split_seed: int,
-               include_special: bool = False) -> np.ndarray:
+def split_mask(
+    doc_ids: np.ndarray, split: str, val_fraction: float, split_seed: int, include_special: bool = False
+) -> np.ndarray:
     """Which positions belong to ``split``. Whole documents go to one side (no leakage between
     train and validation); BOS/separator/padding positions are excluded unless asked for, and
     then follow the split of their row index's hash."""
@@ -75,8 +82,7 @@ class ActivationStats:
     mean_norm: float  # mean L2 norm of the vectors
 
     def to_json(self) -> dict:
-        return {"count": self.count, "mean": self.mean.tolist(), "var": self.var.tolist(),
-                "mean_norm": self.mean_norm}
+        return {"count": self.count, "mean": self.mean.tolist(), "var": self.var.tolist(), "mean_norm": self.mean_norm}
 
 
 class ActivationStore:
@@ -223,8 +229,14 @@ class ActivationStore:
         return AutoTokenizer.from_pretrained(self.root / TOKENIZER_DIR)
 
     # -- statistics ------------------------------------------------------------------
-    def statistics(self, hook: str, split: str = "train", val_fraction: float = 0.1, split_seed: int = 0,
-                   include_special: bool = False) -> ActivationStats:
+    def statistics(
+        self,
+        hook: str,
+        split: str = "train",
+        val_fraction: float = 0.1,
+        split_seed: int = 0,
+        include_special: bool = False,
+    ) -> ActivationStats:
         """Mean, per-dimension variance and mean norm in one streaming pass (float64, merged
         per shard with Chan's formula so large stores lose no precision)."""
         self.d(hook)

@@ -170,7 +170,7 @@ class Manifest:
         return data
 
     @classmethod
-    def from_json(cls, data: dict[str, Any], where: str = MANIFEST_NAME) -> "Manifest":
+    def from_json(cls, data: dict[str, Any], where: str = MANIFEST_NAME) -> Manifest:
         if data.get("format") != FORMAT_NAME:
             raise StoreFormatError(f"{where}: not an interp-sae activation store manifest")
         version = data.get("format_version")
@@ -184,8 +184,7 @@ class Manifest:
             kwargs = {k: v for k, v in data.items() if k in fields}
             kwargs["hooks"] = [HookRecord(**h) for h in data["hooks"]]
             kwargs["shards"] = [
-                ShardRecord(**{**s, "end_state": PackerState(**s["end_state"])})
-                for s in data["shards"]
+                ShardRecord(**{**s, "end_state": PackerState(**s["end_state"])}) for s in data["shards"]
             ]
             manifest = cls(**kwargs)
         except (KeyError, TypeError) as exc:
@@ -241,8 +240,7 @@ def read_manifest(store: Path, name: str = MANIFEST_NAME) -> Manifest:
                 "command to complete it."
             )
         raise FileNotFoundError(
-            f"{store} is not an activation store (no {MANIFEST_NAME}). "
-            "Create one with `interp-sae harvest --out DIR`."
+            f"{store} is not an activation store (no {MANIFEST_NAME}). Create one with `interp-sae harvest --out DIR`."
         )
     try:
         data = json.loads(path.read_text())

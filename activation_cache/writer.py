@@ -13,8 +13,8 @@ import hashlib
 import os
 import queue
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 from safetensors.torch import save as safetensors_bytes
@@ -29,8 +29,14 @@ class ShardWriteError(RuntimeError):
 
 
 class ShardWriter:
-    def __init__(self, root: Path, manifest: Manifest, on_written: Callable[[ShardRecord], None],
-                 stream: int = 0, queue_size: int = 2):
+    def __init__(
+        self,
+        root: Path,
+        manifest: Manifest,
+        on_written: Callable[[ShardRecord], None],
+        stream: int = 0,
+        queue_size: int = 2,
+    ):
         self.root = Path(root)
         self.manifest = manifest
         self.stream = stream
@@ -41,8 +47,14 @@ class ShardWriter:
         self._thread = threading.Thread(target=self._run, name="shard-writer", daemon=True)
         self._thread.start()
 
-    def submit(self, tensors: dict[str, torch.Tensor], rows: int, valid_tokens: int,
-               end_state: PackerState, nonfinite_positions: int = 0) -> None:
+    def submit(
+        self,
+        tensors: dict[str, torch.Tensor],
+        rows: int,
+        valid_tokens: int,
+        end_state: PackerState,
+        nonfinite_positions: int = 0,
+    ) -> None:
         """Queue a shard (blocks while the queue is full, which bounds memory)."""
         self.raise_if_failed()
         self._queue.put((tensors, rows, valid_tokens, end_state, nonfinite_positions))
@@ -69,8 +81,14 @@ class ShardWriter:
             except BaseException as exc:  # surfaced to the harvest loop by raise_if_failed
                 self.error = exc
 
-    def _commit(self, tensors: dict[str, torch.Tensor], rows: int, valid_tokens: int,
-                end_state: PackerState, nonfinite_positions: int) -> None:
+    def _commit(
+        self,
+        tensors: dict[str, torch.Tensor],
+        rows: int,
+        valid_tokens: int,
+        end_state: PackerState,
+        nonfinite_positions: int,
+    ) -> None:
         index = len(self.manifest.shards)
         name = shard_file_name(index, self.stream, self.manifest.streams)
         size, digest = write_shard_file(self.root / name, tensors, index)

@@ -22,10 +22,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from activation_cache import ActivationStore, HarvestConfig, LanguageModel, ShuffledBatches, harvest, load_model  # noqa: E402
-from activation_cache.corpus import BUILTIN_PYTHON_DOCS, CorpusSpec, iter_documents  # noqa: E402
-from activation_cache.models import BUILTIN_SMOLLM2, resolve_device  # noqa: E402
-from activation_cache.packing import pack_rows  # noqa: E402
+from activation_cache import ActivationStore, HarvestConfig, LanguageModel, ShuffledBatches, harvest, load_model
+from activation_cache.corpus import BUILTIN_PYTHON_DOCS, CorpusSpec, iter_documents
+from activation_cache.models import BUILTIN_SMOLLM2, resolve_device
+from activation_cache.packing import pack_rows
 
 SHARED_TOKENIZER = Path(__file__).resolve().parents[2] / "shared/data/gpt-neox-20b-tokenizer.json"
 
@@ -35,8 +35,9 @@ def pythia70m_random(device: str, dtype: str) -> LanguageModel:
     from transformers import AutoTokenizer, GPTNeoXConfig, GPTNeoXForCausalLM, PreTrainedTokenizerFast
 
     if SHARED_TOKENIZER.exists():
-        tokenizer = PreTrainedTokenizerFast(tokenizer_file=str(SHARED_TOKENIZER), bos_token="<|endoftext|>",
-                                            eos_token="<|endoftext|>")
+        tokenizer = PreTrainedTokenizerFast(
+            tokenizer_file=str(SHARED_TOKENIZER), bos_token="<|endoftext|>", eos_token="<|endoftext|>"
+        )
         folder = tempfile.mkdtemp()
         tokenizer.save_pretrained(folder)
         tokenizer = AutoTokenizer.from_pretrained(folder)
@@ -44,24 +45,35 @@ def pythia70m_random(device: str, dtype: str) -> LanguageModel:
         from tiny_models import build_tokenizer
 
         tokenizer = build_tokenizer(2000)
-    config = GPTNeoXConfig(vocab_size=50304, hidden_size=512, num_hidden_layers=6, num_attention_heads=8,
-                           intermediate_size=2048, rotary_pct=0.25, use_parallel_residual=True,
-                           max_position_embeddings=2048, bos_token_id=0, eos_token_id=0)
+    config = GPTNeoXConfig(
+        vocab_size=50304,
+        hidden_size=512,
+        num_hidden_layers=6,
+        num_attention_heads=8,
+        intermediate_size=2048,
+        rotary_pct=0.25,
+        use_parallel_residual=True,
+        max_position_embeddings=2048,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
     torch.manual_seed(0)
-    return LanguageModel.from_hf(GPTNeoXForCausalLM(config), tokenizer, name="pythia-70m-shape-random",
-                                 device=device, dtype=dtype)
+    return LanguageModel.from_hf(
+        GPTNeoXForCausalLM(config), tokenizer, name="pythia-70m-shape-random", device=device, dtype=dtype
+    )
 
 
 def bare_forward_rate(lm: LanguageModel, rows: torch.Tensor, batch_size: int, stop: int) -> float:
     def sync():
         if lm.device.type == "cuda":
             torch.cuda.synchronize()
+
     with torch.inference_mode():
         lm.bridge.run_with_hooks(rows[:batch_size].to(lm.device), stop_at_layer=stop)  # warm-up
         sync()
         start = time.perf_counter()
         for lo in range(0, len(rows), batch_size):
-            lm.bridge.run_with_hooks(rows[lo: lo + batch_size].to(lm.device), stop_at_layer=stop)
+            lm.bridge.run_with_hooks(rows[lo : lo + batch_size].to(lm.device), stop_at_layer=stop)
         sync()
     return rows.numel() / (time.perf_counter() - start)
 
@@ -104,19 +116,34 @@ def main() -> None:
     stop = int(hook.split(".")[1]) + 1
     ctx = 128
     n_rows = math.ceil(args.tokens / ctx)
-    packed = pack_rows(iter_documents(CorpusSpec(BUILTIN_PYTHON_DOCS)), lm.tokenize, context_length=ctx,
-                       bos_id=lm.bos_token_id, pad_id=lm.pad_token_id)
+    packed = pack_rows(
+        iter_documents(CorpusSpec(BUILTIN_PYTHON_DOCS)),
+        lm.tokenize,
+        context_length=ctx,
+        bos_id=lm.bos_token_id,
+        pad_id=lm.pad_token_id,
+    )
     rows = torch.stack([torch.from_numpy(r[0]) for _, r in zip(range(n_rows), packed)]).long()
-    print(f"model {lm.info['id']} on {lm.device} ({args.model_dtype}), hook {hook}, {rows.numel():,} tokens, "
-          f"batch {args.batch_size}x{ctx}, torch threads {torch.get_num_threads()}")
+    print(
+        f"model {lm.info['id']} on {lm.device} ({args.model_dtype}), hook {hook}, {rows.numel():,} tokens, "
+        f"batch {args.batch_size}x{ctx}, torch threads {torch.get_num_threads()}"
+    )
 
     bare = bare_forward_rate(lm, rows, args.batch_size, stop)
     print(f"(a) bare forward to layer {stop - 1}: {bare:,.0f} tok/s")
 
     with tempfile.TemporaryDirectory() as tmp:
-        config = HarvestConfig(out=tmp, model=lm.info["id"], hooks=[hook], dataset=BUILTIN_PYTHON_DOCS,
-                               tokens=rows.numel(), context_length=ctx, batch_size=args.batch_size,
-                               store_dtype=args.store_dtype, model_dtype=args.model_dtype)
+        config = HarvestConfig(
+            out=tmp,
+            model=lm.info["id"],
+            hooks=[hook],
+            dataset=BUILTIN_PYTHON_DOCS,
+            tokens=rows.numel(),
+            context_length=ctx,
+            batch_size=args.batch_size,
+            store_dtype=args.store_dtype,
+            model_dtype=args.model_dtype,
+        )
         start = time.perf_counter()
         manifest = harvest(config, model=lm, progress=False)
         full = manifest.tokens / (time.perf_counter() - start)
@@ -130,11 +157,15 @@ def main() -> None:
         vectors = sum(len(b) for b in source.batches(0))
         reader = vectors / (time.perf_counter() - start)
         consume = sae_step_rate(manifest.hooks[0].d, device)
-        print(f"reader: {reader:,.0f} shuffled vectors/s; an SAE step (4096 latents) consumes {consume:,.0f}/s "
-              f"-> reader/consumer = {reader / consume:.1f}x")
-    print(f"RESULT model={args.model} device={lm.device.type} bare_tok_s={bare:.0f} harvest_tok_s={full:.0f} "
-          f"ratio={full / bare:.3f} reader_vec_s={reader:.0f} sae_step_vec_s={consume:.0f} "
-          f"reader_over_consumer={reader / consume:.2f}")
+        print(
+            f"reader: {reader:,.0f} shuffled vectors/s; an SAE step (4096 latents) consumes {consume:,.0f}/s "
+            f"-> reader/consumer = {reader / consume:.1f}x"
+        )
+    print(
+        f"RESULT model={args.model} device={lm.device.type} bare_tok_s={bare:.0f} harvest_tok_s={full:.0f} "
+        f"ratio={full / bare:.3f} reader_vec_s={reader:.0f} sae_step_vec_s={consume:.0f} "
+        f"reader_over_consumer={reader / consume:.2f}"
+    )
 
 
 if __name__ == "__main__":

@@ -26,13 +26,18 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import dictionaries as D  # noqa: E402
-from activation_cache import ActivationStore, HarvestConfig, harvest  # noqa: E402
-from activation_cache.corpus import BUILTIN_PYTHON_DOCS  # noqa: E402
-from activation_cache.models import resolve_device  # noqa: E402
-from harvest_throughput import pythia70m_random  # noqa: E402
-from interp_sae.inspect_stats import (  # noqa: E402
-    FeatureAccumulator, encode_batch, feature_statistics, resolve_rank_by, split_batches,
+from harvest_throughput import pythia70m_random
+
+import dictionaries as D
+from activation_cache import ActivationStore, HarvestConfig, harvest
+from activation_cache.corpus import BUILTIN_PYTHON_DOCS
+from activation_cache.models import resolve_device
+from interp_sae.inspect_stats import (
+    FeatureAccumulator,
+    encode_batch,
+    feature_statistics,
+    resolve_rank_by,
+    split_batches,
 )
 
 HOOK = "blocks.3.hook_resid_post"
@@ -51,7 +56,9 @@ def timed(device: torch.device, work) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--architecture", default="sae_topk", help="default: TopK SAE, k=30 (L0 = 30: a trained SAE's sparsity)")
+    parser.add_argument(
+        "--architecture", default="sae_topk", help="default: TopK SAE, k=30 (L0 = 30: a trained SAE's sparsity)"
+    )
     parser.add_argument("--latents", type=int, default=4096)
     parser.add_argument("--tokens", type=int, default=32768)
     parser.add_argument("--batch-size", type=int, default=4096)
@@ -64,17 +71,30 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp, torch.inference_mode():
         lm = pythia70m_random(str(device), "float32")
-        harvest(HarvestConfig(out=tmp, model=lm.info["id"], hooks=[HOOK], dataset=BUILTIN_PYTHON_DOCS,
-                              tokens=args.tokens, context_length=128, batch_size=32, device=str(device)),
-                model=lm, progress=False)
+        harvest(
+            HarvestConfig(
+                out=tmp,
+                model=lm.info["id"],
+                hooks=[HOOK],
+                dataset=BUILTIN_PYTHON_DOCS,
+                tokens=args.tokens,
+                context_length=128,
+                batch_size=32,
+                device=str(device),
+            ),
+            model=lm,
+            progress=False,
+        )
         store = ActivationStore(tmp)
         dictionary = D.create(D.make_config(args.architecture, d=store.d(HOOK), n_latents=args.latents), seed=0)
         dictionary = dictionary.to(device).eval()
         rank_by = resolve_rank_by(dictionary, args.rank_by)
         batches = list(split_batches(store, HOOK, "all", args.batch_size, device))
         tokens = sum(len(x) for x, _ in batches)
-        print(f"{args.architecture} d={dictionary.config.d} κ={args.latents} on {device}, {tokens:,} vectors, "
-              f"batch {args.batch_size}, rank_by {rank_by}, top-k {args.top_k}, torch threads {torch.get_num_threads()}")
+        print(
+            f"{args.architecture} d={dictionary.config.d} κ={args.latents} on {device}, {tokens:,} vectors, "
+            f"batch {args.batch_size}, rank_by {rank_by}, top-k {args.top_k}, torch threads {torch.get_num_threads()}"
+        )
 
         def bare() -> None:
             for x, _ in batches:
@@ -89,15 +109,21 @@ def main() -> None:
         bare(), inspect_pass()  # warm-up
         bare_s = min(timed(device, bare) for _ in range(args.repeats))
         pass_s = min(timed(device, inspect_pass) for _ in range(args.repeats))
-        end_to_end_s = timed(device, lambda: feature_statistics(store, dictionary, HOOK, split="all", top_k=args.top_k,
-                                                                rank_by=rank_by, batch_size=args.batch_size))
+        end_to_end_s = timed(
+            device,
+            lambda: feature_statistics(
+                store, dictionary, HOOK, split="all", top_k=args.top_k, rank_by=rank_by, batch_size=args.batch_size
+            ),
+        )
     bare_rate, pass_rate, end_to_end = tokens / bare_s, tokens / pass_s, tokens / end_to_end_s
     print(f"(a) bare encode: {bare_rate:,.0f} tok/s")
     print(f"(b) statistics + top-k pass: {pass_rate:,.0f} tok/s   b/a = {pass_rate / bare_rate:.3f} (target >= 0.8)")
     print(f"end to end, reading shards from disk: {end_to_end:,.0f} tok/s")
-    print(f"RESULT architecture={args.architecture} latents={args.latents} device={device.type} tokens={tokens} "
-          f"bare_encode_tok_s={bare_rate:.0f} inspect_pass_tok_s={pass_rate:.0f} ratio={pass_rate / bare_rate:.3f} "
-          f"end_to_end_tok_s={end_to_end:.0f}")
+    print(
+        f"RESULT architecture={args.architecture} latents={args.latents} device={device.type} tokens={tokens} "
+        f"bare_encode_tok_s={bare_rate:.0f} inspect_pass_tok_s={pass_rate:.0f} ratio={pass_rate / bare_rate:.3f} "
+        f"end_to_end_tok_s={end_to_end:.0f}"
+    )
 
 
 if __name__ == "__main__":

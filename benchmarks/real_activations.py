@@ -38,25 +38,45 @@ def main() -> None:
     args = parser.parse_args()
     out = Path(args.out)
 
-    harvest(HarvestConfig(out=str(out / "store"), model=BUILTIN_SMOLLM2, hooks=[args.hook],
-                          dataset=BUILTIN_PYTHON_DOCS, tokens=args.tokens, device=args.device))
+    harvest(
+        HarvestConfig(
+            out=str(out / "store"),
+            model=BUILTIN_SMOLLM2,
+            hooks=[args.hook],
+            dataset=BUILTIN_PYTHON_DOCS,
+            tokens=args.tokens,
+            device=args.device,
+        )
+    )
     gamma = {"init_log_gamma": args.init_log_gamma}
     configs = dictionary_configs(ARCHITECTURES, args.latents, d=576, overrides={"vaease": gamma, "vae": gamma})
-    result = train_from_store(out / "store", configs, out / "train",
-                              D.TrainConfig(epochs=args.epochs, device=args.device, checkpoint_every=200,
-                                            normalize_input=args.normalize_input),
-                              batch_size=args.batch_size)
+    result = train_from_store(
+        out / "store",
+        configs,
+        out / "train",
+        D.TrainConfig(
+            epochs=args.epochs, device=args.device, checkpoint_every=200, normalize_input=args.normalize_input
+        ),
+        batch_size=args.batch_size,
+    )
 
-    print(f"\nheld-out metrics, {args.hook}, {args.epochs} epochs (RE/FVU from the deterministic decode; "
-          "AD: 2-means on log σ² for VAE/VAEase, L0 for SAEs)")
+    print(
+        f"\nheld-out metrics, {args.hook}, {args.epochs} epochs (RE/FVU from the deterministic decode; "
+        "AD: 2-means on log σ² for VAE/VAEase, L0 for SAEs)"
+    )
     print(f"{'dictionary':<16}{'RE':>10}{'FVU':>8}{'AD mean':>9}{'AD std':>8}{'dead':>7}{'RE(sample)':>12}")
     fields = []
     for name, m in result.metrics.items():
-        print(f"{name:<16}{m['re_deterministic']:>10.4g}{m['fvu_deterministic']:>8.4f}{m['ad_mean']:>9.2f}"
-              f"{m['ad_std']:>8.2f}{m['dead_fraction']:>7.3f}{m.get('re_sample', float('nan')):>12.4g}")
+        print(
+            f"{name:<16}{m['re_deterministic']:>10.4g}{m['fvu_deterministic']:>8.4f}{m['ad_mean']:>9.2f}"
+            f"{m['ad_std']:>8.2f}{m['dead_fraction']:>7.3f}{m.get('re_sample', float('nan')):>12.4g}"
+        )
         key = name.replace("-", "_k")
-        fields += [f"{key}_fvu={m['fvu_deterministic']:.4f}", f"{key}_ad={m['ad_mean']:.2f}",
-                   f"{key}_dead={m['dead_fraction']:.3f}"]
+        fields += [
+            f"{key}_fvu={m['fvu_deterministic']:.4f}",
+            f"{key}_ad={m['ad_mean']:.2f}",
+            f"{key}_dead={m['dead_fraction']:.3f}",
+        ]
     (out / "summary.json").write_text(json.dumps(result.metrics, indent=1))
     print(f"AD–RE curves: {out / 'train' / 'ad_re_curves.png'}")
     print("RESULT " + " ".join(fields))

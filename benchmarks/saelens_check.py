@@ -47,7 +47,10 @@ TOLERANCE = 1e-5  # max |difference| relative to the largest |output|: float32 r
 
 def ensure_venv(venv: Path, sae_lens: str) -> Path:
     python = venv / "bin" / "python"
-    if python.exists() and subprocess.run([python, "-c", "import sae_lens"], check=False, capture_output=True).returncode == 0:
+    if (
+        python.exists()
+        and subprocess.run([python, "-c", "import sae_lens"], check=False, capture_output=True).returncode == 0
+    ):
         return python
     print(f"building {venv} ({TORCH}, {sae_lens}) ...", flush=True)
     subprocess.run([sys.executable, "-m", "venv", "--clear", venv], check=True)
@@ -74,7 +77,9 @@ def our_side_before(work: Path) -> None:
     x = torch.randn(N_INPUTS, D, generator=generator) / INPUT_SCALE  # raw units: the scale maps them to ~1
     save_file({"x": x}, work / "inputs.safetensors")
     for seed, (name, (architecture, fields)) in enumerate(EXPORTS.items()):
-        model = dictionaries.create(dictionaries.make_config(architecture, d=D, n_latents=N_LATENTS, **fields), seed=seed)
+        model = dictionaries.create(
+            dictionaries.make_config(architecture, d=D, n_latents=N_LATENTS, **fields), seed=seed
+        )
         with torch.no_grad():
             model.input_scale.fill_(INPUT_SCALE)
             model.decoder.bias.copy_(torch.randn(D, generator=generator) * 0.1)  # non-zero, so b_dec is checked
@@ -90,9 +95,9 @@ def saelens_side(work: Path) -> None:
     """In the SAELens venv: run our exports, and make, save and run SAELens's own SAEs."""
     import sae_lens
     import torch
-    from safetensors.torch import load_file
     from sae_lens import SAE, StandardSAE, StandardSAEConfig, TopKSAE, TopKSAEConfig
     from sae_lens.saes.sae import SAEMetadata
+    from safetensors.torch import load_file
 
     x = load_file(work / "inputs.safetensors")["x"]
     summary = {"sae_lens": sae_lens.__version__, "torch": torch.__version__, "classes": {}, "hook_names": {}}
@@ -127,14 +132,20 @@ def our_side_after(work: Path) -> dict[str, dict]:
     x = load_file(work / "inputs.safetensors")["x"]
     pairs = {}
     for name in EXPORTS:
-        pairs[name] = ("export", load_file(work / f"ours_{name}.safetensors"), load_file(work / f"saelens_{name}.safetensors"))
+        pairs[name] = (
+            "export",
+            load_file(work / f"ours_{name}.safetensors"),
+            load_file(work / f"saelens_{name}.safetensors"),
+        )
     for name in IMPORTS:
         model = dictionaries.load_dictionary(import_saelens(work / "saelens_made" / name, work / "imported" / name))
         with torch.no_grad():
             features = model.encode(x)
             ours = {"features": features, "recon": model.decode(features)}
         pairs[name] = ("import", ours, load_file(work / f"made_{name}.safetensors"))
-        summary["hook_names"][name] = json.loads((work / "imported" / name / "config.json").read_text())["metadata"]["hook_name"]
+        summary["hook_names"][name] = json.loads((work / "imported" / name / "config.json").read_text())["metadata"][
+            "hook_name"
+        ]
         summary["classes"][name] += f" → {model.architecture}"
     rows = {}
     for name, (direction, ours, theirs) in pairs.items():
@@ -153,15 +164,21 @@ def our_side_after(work: Path) -> dict[str, dict]:
 
 def report(result: dict, work: Path, venv: Path) -> bool:
     summary, rows = result["summary"], result["rows"]
-    print(f"sae-lens {summary['sae_lens']}, torch {summary['torch']} (in {venv}); d={D}, κ={N_LATENTS}, k={K}, "
-          f"input scale {INPUT_SCALE}, {N_INPUTS} inputs; files in {work}")
-    header = (f"{'direction':<9} {'case':<17} {'classes':<28} {'max|Δf|':>9} {'max|Δx̂|':>9} {'max rel':>8} "
-              f"{'same active':>11} {'hook kept':>9}")
+    print(
+        f"sae-lens {summary['sae_lens']}, torch {summary['torch']} (in {venv}); d={D}, κ={N_LATENTS}, k={K}, "
+        f"input scale {INPUT_SCALE}, {N_INPUTS} inputs; files in {work}"
+    )
+    header = (
+        f"{'direction':<9} {'case':<17} {'classes':<28} {'max|Δf|':>9} {'max|Δx̂|':>9} {'max rel':>8} "
+        f"{'same active':>11} {'hook kept':>9}"
+    )
     print(header)
     print("-" * len(header))
     for name, row in rows.items():
-        print(f"{row['direction']:<9} {name:<17} {row['classes']:<28} {row['abs_features']:>9.2e} {row['abs_recon']:>9.2e} "
-              f"{row['rel']:>8.1e} {row['same_active_sets']!s:>11} {row['hook_kept']!s:>9}")
+        print(
+            f"{row['direction']:<9} {name:<17} {row['classes']:<28} {row['abs_features']:>9.2e} {row['abs_recon']:>9.2e} "
+            f"{row['rel']:>8.1e} {row['same_active_sets']!s:>11} {row['hook_kept']!s:>9}"
+        )
     ok = all(row["rel"] <= TOLERANCE and row["same_active_sets"] and row["hook_kept"] for row in rows.values())
     exported = sum(row["direction"] == "export" for row in rows.values())
     print(
@@ -175,7 +192,9 @@ def report(result: dict, work: Path, venv: Path) -> bool:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--venv", type=Path, default=Path("/tmp/saelens-venv"), help="SAELens virtual environment (built if missing).")
+    parser.add_argument(
+        "--venv", type=Path, default=Path("/tmp/saelens-venv"), help="SAELens virtual environment (built if missing)."
+    )
     parser.add_argument("--sae-lens", default="sae-lens", help="pip requirement for SAELens, e.g. 'sae-lens==6.54.12'.")
     parser.add_argument("--work", type=Path, default=None, help="Folder for the files (default: a new temporary one).")
     parser.add_argument("--child", type=Path, default=None, help=argparse.SUPPRESS)  # internal: the SAELens side

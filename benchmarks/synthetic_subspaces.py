@@ -38,8 +38,9 @@ import torch
 import dictionaries as D
 
 
-def make_data(d: int, dims: list[int], n: int, noise: float, seed: int, basis: str = "gaussian",
-              scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+def make_data(
+    d: int, dims: list[int], n: int, noise: float, seed: int, basis: str = "gaussian", scale: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(x [n, d], subspace label [n]). `basis`: "gaussian" (the authors': i.i.d. N(0, 1) entries,
     so E‖x‖² = d·dim) or "orthonormal" (orthonormal columns times √d: the same scale).
     `scale` multiplies the noiseless signal."""
@@ -60,13 +61,18 @@ def make_data(d: int, dims: list[int], n: int, noise: float, seed: int, basis: s
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--small", action="store_true",
-                        help="about two minutes on 2 CPU cores: 100k samples, 25 epochs, batch 512")
+    parser.add_argument(
+        "--small", action="store_true", help="about two minutes on 2 CPU cores: 100k samples, 25 epochs, batch 512"
+    )
     parser.add_argument("--d", type=int, default=40)
     parser.add_argument("--dims", type=int, nargs="+", default=[4, 4, 4])
     parser.add_argument("--noise", type=float, default=0.0)
-    parser.add_argument("--basis", choices=["gaussian", "orthonormal"], default="gaussian",
-                        help="subspace bases: the authors' Gaussian matrices, or orthonormal × √d")
+    parser.add_argument(
+        "--basis",
+        choices=["gaussian", "orthonormal"],
+        default="gaussian",
+        help="subspace bases: the authors' Gaussian matrices, or orthonormal × √d",
+    )
     parser.add_argument("--scale", type=float, default=1.0, help="multiplies the noiseless signal")
     parser.add_argument("--samples", type=int, default=500_000)
     parser.add_argument("--latents", type=int, default=20)
@@ -77,8 +83,12 @@ def main() -> None:
     parser.add_argument("--init-log-gamma", type=float, default=-0.5)
     parser.add_argument("--topk", type=int, default=4, help="k of SAE-TopK (UNKNOWN in the paper)")
     parser.add_argument("--l1", type=float, default=0.32, help="λ₁ of SAE-ℓ1 (UNKNOWN for this experiment)")
-    parser.add_argument("--encoder", choices=["mlp", "swish_split"], default="mlp",
-                        help="VAE/VAEase encoder: the authors' synthetic MLP or their LLM encoder")
+    parser.add_argument(
+        "--encoder",
+        choices=["mlp", "swish_split"],
+        default="mlp",
+        help="VAE/VAEase encoder: the authors' synthetic MLP or their LLM encoder",
+    )
     parser.add_argument("--seed", type=int, default=114514)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", default=None, help="run folder (default: a temporary one)")
@@ -91,24 +101,39 @@ def main() -> None:
     order = torch.randperm(args.samples, generator=torch.Generator().manual_seed(args.seed))
     n_test = args.samples // 10
     test, test_labels, train = x[order[:n_test]], labels[order[:n_test]], x[order[n_test:]]
-    vae = dict(d=args.d, n_latents=args.latents, encoder=args.encoder, encoder_layers=4,
-               init_log_gamma=args.init_log_gamma)
+    vae = dict(
+        d=args.d, n_latents=args.latents, encoder=args.encoder, encoder_layers=4, init_log_gamma=args.init_log_gamma
+    )
     configs = {
         "vaease": D.make_config("vaease", **vae),
         "vae": D.make_config("vae", **vae),
         "sae_l1": D.make_config("sae_l1", d=args.d, n_latents=args.latents, l1_coefficient=args.l1),
         "sae_topk": D.make_config("sae_topk", d=args.d, n_latents=args.latents, k=args.topk),
     }
-    config = D.TrainConfig(epochs=args.epochs, lr=args.lr, seed=args.seed, device=args.device,
-                           schedule=D.ScheduleConfig(kind="cosine_warm_restarts", t0=args.t0, t_mult=2, min_lr=1e-6),
-                           log_every=max(1, args.epochs * (len(train) // args.batch) // 10), checkpoint_every=0)
+    config = D.TrainConfig(
+        epochs=args.epochs,
+        lr=args.lr,
+        seed=args.seed,
+        device=args.device,
+        schedule=D.ScheduleConfig(kind="cosine_warm_restarts", t0=args.t0, t_mult=2, min_lr=1e-6),
+        log_every=max(1, args.epochs * (len(train) // args.batch) // 10),
+        checkpoint_every=0,
+    )
     with tempfile.TemporaryDirectory() as tmp:
-        result = D.train(configs, D.TensorBatchSource(train, args.batch, seed=args.seed), args.out or tmp, config,
-                         D.TensorBatchSource(test, args.batch, shuffle=False, drop_last=False))
+        result = D.train(
+            configs,
+            D.TensorBatchSource(train, args.batch, seed=args.seed),
+            args.out or tmp,
+            config,
+            D.TensorBatchSource(test, args.batch, shuffle=False, drop_last=False),
+        )
 
     print(f"\nper-subspace mean AD on {n_test} held-out vectors (true dims {args.dims}; AD std in brackets)")
-    print(f"{'model':9} " + " ".join(f"{'s%d (dim %d)' % (s, k):>16}" for s, k in enumerate(args.dims))
-          + f" {'FVU(det)':>9} {'ad_method':>24}")
+    print(
+        f"{'model':9} "
+        + " ".join(f"{f's{s} (dim {k})':>16}" for s, k in enumerate(args.dims))
+        + f" {'FVU(det)':>9} {'ad_method':>24}"
+    )
     results = {}
     for name, model in result.dictionaries.items():
         with torch.no_grad():
@@ -120,8 +145,11 @@ def main() -> None:
             results[f"{name}_ad_s{s}"] = round(float(group.mean()), 2)
         metrics = result.metrics[name]
         results[f"{name}_fvu"] = round(metrics["fvu_deterministic"], 4)
-        print(f"{name:9} " + " ".join(f"{c:>16}" for c in cells)
-              + f" {metrics['fvu_deterministic']:>9.4f} {metrics['ad_method']:>24}")
+        print(
+            f"{name:9} "
+            + " ".join(f"{c:>16}" for c in cells)
+            + f" {metrics['fvu_deterministic']:>9.4f} {metrics['ad_method']:>24}"
+        )
     for name in ("vaease", "vae"):
         error = sum(abs(results[f"{name}_ad_s{s}"] - k) for s, k in enumerate(args.dims)) / len(args.dims)
         results[f"{name}_mean_abs_ad_error"] = round(error, 2)

@@ -68,34 +68,57 @@ def main() -> None:
     g = torch.Generator().manual_seed(args.seed)
     w_p = make_features(args.d, args.features, args.mono_fraction, args.poly, g)
     x_m = (torch.rand(args.samples, args.features, generator=g) < args.p) * (
-        0.5 + torch.rand(args.samples, args.features, generator=g))
+        0.5 + torch.rand(args.samples, args.features, generator=g)
+    )
     x = x_m @ w_p.T
     k = max(1, round(args.p * args.features))
     configs = {}
     for encoder in ("relu", "topk"):
         for estimator in ESTIMATORS:
             configs[f"{encoder}/{estimator}"] = D.make_config(
-                "wsae", d=args.d, n_latents=args.features, encoder=encoder, k=k, l1_coefficient=args.l1,
-                estimator=estimator, alpha=args.alpha)
-    config = D.TrainConfig(epochs=args.epochs, lr=1e-3, seed=args.seed, device=args.device, checkpoint_every=0,
-                           schedule=D.ScheduleConfig(kind="warmup_cosine", warmup_steps=100, min_lr=1e-5),
-                           log_every=max(1, args.epochs * (args.samples // args.batch) // 5))
+                "wsae",
+                d=args.d,
+                n_latents=args.features,
+                encoder=encoder,
+                k=k,
+                l1_coefficient=args.l1,
+                estimator=estimator,
+                alpha=args.alpha,
+            )
+    config = D.TrainConfig(
+        epochs=args.epochs,
+        lr=1e-3,
+        seed=args.seed,
+        device=args.device,
+        checkpoint_every=0,
+        schedule=D.ScheduleConfig(kind="warmup_cosine", warmup_steps=100, min_lr=1e-5),
+        log_every=max(1, args.epochs * (args.samples // args.batch) // 5),
+    )
     train, test = D.train_test_split(x, 0.1, seed=args.seed)
     with tempfile.TemporaryDirectory() as tmp:
         configs = {name.replace("/", "__"): c for name, c in configs.items()}
-        result = D.train(configs, D.TensorBatchSource(train, args.batch, seed=args.seed), tmp, config,
-                         D.TensorBatchSource(test, args.batch, shuffle=False, drop_last=False))
+        result = D.train(
+            configs,
+            D.TensorBatchSource(train, args.batch, seed=args.seed),
+            tmp,
+            config,
+            D.TensorBatchSource(test, args.batch, shuffle=False, drop_last=False),
+        )
 
-    print(f"\nground truth: d={args.d}, {args.features} features, {args.mono_fraction:.0%} of dims monosemantic, "
-          f"others {args.poly} features; p={args.p}; TopK k={k}; α={args.alpha}")
+    print(
+        f"\nground truth: d={args.d}, {args.features} features, {args.mono_fraction:.0%} of dims monosemantic, "
+        f"others {args.poly} features; p={args.p}; TopK k={k}; α={args.alpha}"
+    )
     print(f"{'encoder':8} {'estimator':17} {'mean best cos':>14} {'frac > 0.9':>11} {'FVU(det)':>9} {'L0':>6}")
     results = {}
     for name, model in result.dictionaries.items():
         encoder, estimator = name.split("__")
         mean_cos, frac = recovery(w_p.to(model.feature_directions.device), model.feature_directions.detach())
         metrics = result.metrics[name]
-        print(f"{encoder:8} {estimator:17} {mean_cos:>14.3f} {frac:>11.3f} "
-              f"{metrics['fvu_deterministic']:>9.4f} {metrics['l0_mean']:>6.2f}")
+        print(
+            f"{encoder:8} {estimator:17} {mean_cos:>14.3f} {frac:>11.3f} "
+            f"{metrics['fvu_deterministic']:>9.4f} {metrics['l0_mean']:>6.2f}"
+        )
         results[f"{encoder}_{estimator}_mean_cos"] = round(mean_cos, 3)
         results[f"{encoder}_{estimator}_frac90"] = round(frac, 3)
     print("RESULT " + " ".join(f"{k}={v}" for k, v in results.items()))

@@ -12,6 +12,7 @@ full fp32 (TF32 off), so the peak and the step are measured the same way.
 from __future__ import annotations
 
 import argparse
+import functools
 import time
 
 import torch
@@ -55,8 +56,10 @@ def main() -> None:
     torch.backends.cuda.matmul.allow_tf32 = False
     batch, kappas, repeats, n = (256, [1024, 4096], 3, 1024) if args.small else (2048, [4096, 16384], 20, 8192)
     peaks = {p: matmul_peak(n, dt, device, repeats) for p, dt in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
-    print(f"device {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}), "
-          f"matmul peak fp32 {peaks['fp32'] / 1e12:.2f} TFLOP/s, bf16 {peaks['bf16'] / 1e12:.2f} TFLOP/s (n={n})")
+    print(
+        f"device {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}), "
+        f"matmul peak fp32 {peaks['fp32'] / 1e12:.2f} TFLOP/s, bf16 {peaks['bf16'] / 1e12:.2f} TFLOP/s (n={n})"
+    )
     print(f"{'arch':8} {'κ':>6} {'prec':5} {'tokens/s':>12} {'TFLOP/s':>8} {'of peak':>8}")
     results = {}
     for arch in ("sae_l1", "vaease"):
@@ -66,10 +69,13 @@ def main() -> None:
                 optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, fused=device.type == "cuda")
                 x = torch.randn(batch, args.d, device=device)
                 generator = torch.Generator(device).manual_seed(0)
-                seconds = timed(lambda: D.training_step(model, optimizer, x, generator, precision), device, repeats)
+                step = functools.partial(D.training_step, model, optimizer, x, generator, precision)
+                seconds = timed(step, device, repeats)
                 flops = step_flops(arch, batch, args.d, kappa) / seconds
                 fraction = flops / peaks[precision]
-                print(f"{arch:8} {kappa:>6} {precision:5} {batch / seconds:>12,.0f} {flops / 1e12:>8.3f} {fraction:>8.2f}")
+                print(
+                    f"{arch:8} {kappa:>6} {precision:5} {batch / seconds:>12,.0f} {flops / 1e12:>8.3f} {fraction:>8.2f}"
+                )
                 results[f"{arch}_k{kappa}_{precision}_tokens_per_s"] = round(batch / seconds)
                 results[f"{arch}_k{kappa}_{precision}_frac_peak"] = round(fraction, 3)
                 del model, optimizer

@@ -71,7 +71,9 @@ class TensorBatchSource:
             yield self.data[order[i * self.batch_size : (i + 1) * self.batch_size]]
 
 
-def train_test_split(data: torch.Tensor, test_fraction: float = 0.1, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def train_test_split(
+    data: torch.Tensor, test_fraction: float = 0.1, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Random (train, test) split of the rows of `data` (the authors held out 10 %)."""
     if not 0 < test_fraction < 1:
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")

@@ -36,8 +36,12 @@ def save_dictionary(model: Dictionary, path: str | Path, metadata: dict | None =
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     model.metadata = {**model.metadata, **(metadata or {})}
-    header = {"format_version": FORMAT_VERSION, "architecture": model.architecture,
-              "config": model.config.to_dict(), "metadata": model.metadata}
+    header = {
+        "format_version": FORMAT_VERSION,
+        "architecture": model.architecture,
+        "config": model.config.to_dict(),
+        "metadata": model.metadata,
+    }
     tensors = {name: t.detach().cpu().contiguous() for name, t in model.state_dict().items()}
     meta = {"format_version": str(FORMAT_VERSION), "architecture": model.architecture}
     _atomic_write(path / WEIGHTS_FILE, lambda tmp: save_file(tensors, tmp, metadata=meta))
@@ -70,7 +74,9 @@ def load_dictionary(path: str | Path, device: str | torch.device = "cpu") -> Dic
     expected = model.state_dict()
     missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
     if missing or unexpected:
-        raise ValueError(f"{weights_path}: tensors do not match a {architecture} model: missing {missing}, unexpected {unexpected}")
+        raise ValueError(
+            f"{weights_path}: tensors do not match a {architecture} model: missing {missing}, unexpected {unexpected}"
+        )
     for name, tensor in tensors.items():
         if tensor.shape != expected[name].shape:
             raise ValueError(

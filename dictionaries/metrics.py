@@ -141,7 +141,9 @@ def ad_re_curve(model: Dictionary, x: torch.Tensor, max_k: int | None = None) ->
         latent = order[:, k]
         values = features.gather(-1, latent[:, None])
         if not values.any():  # no vector has a k-th active latent (sparse SAEs): the curve is flat from here
-            curve += [(j + 1, curve[-1][1] if curve else float(squared_error(x, x_hat).mean())) for j in range(k, last_k)]
+            curve += [
+                (j + 1, curve[-1][1] if curve else float(squared_error(x, x_hat).mean())) for j in range(k, last_k)
+            ]
             break
         x_hat = x_hat + values * directions[latent]
         curve.append((k + 1, float(squared_error(x, x_hat).mean())))

@@ -22,17 +22,25 @@ def _json_safe(value: Any) -> Any:
 
 
 class RunLog:
-    def __init__(self, path: str | Path, wandb_project: str | None = None, wandb_config: dict | None = None,
-                 wandb_id: str | None = None, enabled: bool = True) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        wandb_project: str | None = None,
+        wandb_config: dict | None = None,
+        wandb_id: str | None = None,
+        enabled: bool = True,
+    ) -> None:
         """`enabled=False` (the non-zero ranks of a distributed run) records and prints nothing."""
         self.enabled = enabled
-        self._file = open(path if enabled else os.devnull, "a")
+        self._file = open(path if enabled else os.devnull, "a")  # noqa: SIM115 (open for the whole run)
         self._wandb = None
         if wandb_project and enabled:
             try:
                 import wandb
             except ImportError:
-                raise RuntimeError("wandb logging was asked for but wandb is not installed: pip install wandb") from None
+                raise RuntimeError(
+                    "wandb logging was asked for but wandb is not installed: pip install wandb"
+                ) from None
             self._wandb = wandb.init(project=wandb_project, config=wandb_config, id=wandb_id, resume="allow")
 
     def record(self, event: str, **fields: Any) -> None:
@@ -40,8 +48,11 @@ class RunLog:
         self._file.flush()
         if self._wandb is not None and "step" in fields:
             prefix = f"{fields['dictionary']}/" if "dictionary" in fields else ""
-            numbers = {f"{prefix}{event}/{k}": v for k, v in _flatten(fields).items()
-                       if isinstance(v, (int, float)) and k != "step"}
+            numbers = {
+                f"{prefix}{event}/{k}": v
+                for k, v in _flatten(fields).items()
+                if isinstance(v, (int, float)) and k != "step"
+            }
             self._wandb.log(numbers, step=fields["step"])
 
     def say(self, line: str) -> None:

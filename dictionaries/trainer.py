@@ -144,7 +144,9 @@ class _Run:
         self.cluster = join_cluster(self.device)
         self.models: dict[str, Dictionary] = {}
         for i, (name, spec) in enumerate(dictionaries.items()):
-            model = create(spec, seed=derive_seed(config.seed, _INIT, i)) if isinstance(spec, DictionaryConfig) else spec
+            model = (
+                create(spec, seed=derive_seed(config.seed, _INIT, i)) if isinstance(spec, DictionaryConfig) else spec
+            )
             if model.config.d != train_source.d:
                 raise ValueError(f"dictionary {name!r} has d={model.config.d} but the batches have d={train_source.d}")
             self.models[name] = model.to(self.device).train()
@@ -187,21 +189,32 @@ class _Run:
         for model in self.models.values():
             model.prepare(sample)
         if self.cluster.is_main:
-            (self.out_dir / "train_config.json").write_text(json.dumps(
-            {"train": self.config.to_dict(), "dictionaries": self.signature["dictionaries"],
-                 "steps_per_epoch": self.steps_per_epoch, "eval_split": self.eval_split}, indent=2) + "\n")
+            (self.out_dir / "train_config.json").write_text(
+                json.dumps(
+                    {
+                        "train": self.config.to_dict(),
+                        "dictionaries": self.signature["dictionaries"],
+                        "steps_per_epoch": self.steps_per_epoch,
+                        "eval_split": self.eval_split,
+                    },
+                    indent=2,
+                )
+                + "\n"
+            )
 
     def _restore(self) -> None:
         tensors, state = load_checkpoint(self.checkpoint_path)
         if state["signature"] != json.loads(json.dumps(self.signature)):
-            differ = sorted(k for k in self.signature if state["signature"].get(k) != json.loads(json.dumps(self.signature[k])))
+            differ = sorted(
+                k for k in self.signature if state["signature"].get(k) != json.loads(json.dumps(self.signature[k]))
+            )
             raise ValueError(
                 f"{self.checkpoint_path} belongs to a run with different {', '.join(differ)}; "
                 "use a new out_dir, or delete the checkpoint to start over"
             )
         for name, model in self.models.items():
             prefix = f"{name}/model."
-            model.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+            model.load_state_dict({k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)})
             optimizer_from_flat(self.optimizers[name], tensors, f"{name}/optim.", state["param_groups"][name])
             self.generators[name].set_state(tensors[f"{name}/generator/rank{self.cluster.rank}"])
         self.epoch, self.batch, self.step = state["epoch"], state["batch"], state["step"]
@@ -215,8 +228,13 @@ class _Run:
             tensors.update(flat)
             for rank, generator_state in enumerate(self.cluster.gather(self.generators[name].get_state(), self.device)):
                 tensors[f"{name}/generator/rank{rank}"] = generator_state
-        state = {"signature": self.signature, "param_groups": groups,
-                 "epoch": self.epoch, "batch": self.batch, "step": self.step}
+        state = {
+            "signature": self.signature,
+            "param_groups": groups,
+            "epoch": self.epoch,
+            "batch": self.batch,
+            "step": self.step,
+        }
         if self.cluster.is_main:
             save_checkpoint(self.checkpoint_path, tensors, state)
         self.cluster.barrier()  # no rank goes on (or resumes) before the checkpoint is in place
@@ -228,8 +246,13 @@ class _Run:
         if self.step:
             log.say(f"resuming from step {self.step} (epoch {self.epoch}, batch {self.batch})")
             log.record("resume", step=self.step, epoch=self.epoch, batch=self.batch)
-        bar = tqdm(total=self.total_steps, initial=self.step, unit="step", dynamic_ncols=True,
-                   disable=not (cfg.progress and self.cluster.is_main))
+        bar = tqdm(
+            total=self.total_steps,
+            initial=self.step,
+            unit="step",
+            dynamic_ncols=True,
+            disable=not (cfg.progress and self.cluster.is_main),
+        )
         sums: dict[str, torch.Tensor | None] = {name: None for name in self.models}
         window_start, window_tokens, window_steps = time.perf_counter(), 0, 0
         for epoch in range(self.epoch, cfg.epochs):
@@ -265,33 +288,57 @@ class _Run:
         for group in optimizer.param_groups:
             group["lr"] = lr
         try:
-            return training_step(model, optimizer, x, self.generators[name], self.config.precision,
-                                 self.replicas[name] if self.cluster.distributed else None, self.cluster)
+            return training_step(
+                model,
+                optimizer,
+                x,
+                self.generators[name],
+                self.config.precision,
+                self.replicas[name] if self.cluster.distributed else None,
+                self.cluster,
+            )
         except NonFiniteLossError as error:
-            where = (f"step {self.step} (epoch {epoch}, batch {batch_index}), dictionary {name!r}: {error}")
-            kept = (f"the last good checkpoint is {self.checkpoint_path} (step {self.last_checkpoint_step})"
-                    if self.last_checkpoint_step is not None else "no checkpoint had been written yet")
-            log.record("nonfinite_loss", step=self.step, epoch=epoch, batch=batch_index, dictionary=name, error=str(error))
+            where = f"step {self.step} (epoch {epoch}, batch {batch_index}), dictionary {name!r}: {error}"
+            kept = (
+                f"the last good checkpoint is {self.checkpoint_path} (step {self.last_checkpoint_step})"
+                if self.last_checkpoint_step is not None
+                else "no checkpoint had been written yet"
+            )
+            log.record(
+                "nonfinite_loss", step=self.step, epoch=epoch, batch=batch_index, dictionary=name, error=str(error)
+            )
             raise NonFiniteLossError(f"training stopped at {where}; {kept}") from None
 
     def _log_train(self, log: RunLog, sums, lr: float, rate: float, n_steps: int) -> None:
         """Loss terms averaged over the steps since the last line and over ranks."""
         parts = []
-        for name, model in self.models.items():
+        for name in self.models:
             means = dict(zip(self.term_names[name], (self.cluster.mean(sums[name]) / n_steps).tolist()))
             loss = sum(means.values())
-            log.record("train", step=self.step, epoch=self.epoch, dictionary=name, lr=lr, loss=loss,
-                       terms=means, tokens_per_s=rate)
+            log.record(
+                "train",
+                step=self.step,
+                epoch=self.epoch,
+                dictionary=name,
+                lr=lr,
+                loss=loss,
+                terms=means,
+                tokens_per_s=rate,
+            )
             detail = " ".join(f"{k} {v:.4g}" for k, v in means.items())
             parts.append(f"{name}: loss {loss:.4g} ({detail})")
-        log.say(f"step {self.step}/{self.total_steps} ep {self.epoch} lr {lr:.2e} {rate:,.0f} tok/s | " + " | ".join(parts))
+        log.say(
+            f"step {self.step}/{self.total_steps} ep {self.epoch} lr {lr:.2e} {rate:,.0f} tok/s | " + " | ".join(parts)
+        )
 
     # --- evaluation and outputs --------------------------------------------------------------
     def evaluate(self, log: RunLog) -> dict[str, dict]:
         reports = {}
         for i, (name, model) in enumerate(self.models.items()):
             generator = torch.Generator(self.device).manual_seed(derive_seed(self.config.seed, _EVAL_NOISE, i))
-            report = evaluate(model, self.eval_source, self.config.eval_max_vectors, self.config.dense_threshold, generator)
+            report = evaluate(
+                model, self.eval_source, self.config.eval_max_vectors, self.config.dense_threshold, generator
+            )
             report["split"] = self.eval_split
             reports[name] = report
             log.record("eval", step=self.step, dictionary=name, **report)
@@ -303,8 +350,11 @@ class _Run:
         sample = take_vectors(self.eval_source, self.config.curve_vectors).to(self.device, torch.float32)
         curves = {}
         for name, model in self.models.items():
-            folder = save_dictionary(model, self.out_dir / name, metadata={
-                **self.metadata, "training": self.config.to_dict(), "metrics": reports[name]})
+            folder = save_dictionary(
+                model,
+                self.out_dir / name,
+                metadata={**self.metadata, "training": self.config.to_dict(), "metrics": reports[name]},
+            )
             (folder / "metrics.json").write_text(json.dumps({"step": self.step, **reports[name]}, indent=2) + "\n")
             curves[name] = ad_re_curve(model, sample, self.config.curve_max_k)
             write_curve_csv(curves[name], folder / "ad_re_curve.csv")
@@ -319,9 +369,11 @@ _RESULT_FIELDS = ("epochs", "lr", "betas", "schedule", "seed", "precision", "nor
 
 def format_report(report: dict) -> str:
     """One readable line of an `evaluate` report."""
-    line = (f"RE(det) {report['re_deterministic']:.4g}  FVU(det) {report['fvu_deterministic']:.4f}  "
-            f"AD {report['ad_mean']:.2f}±{report['ad_std']:.2f} [{report['ad_method']}]  "
-            f"dead {report['dead_fraction']:.3f}  dense {report['dense_fraction']:.3f}")
+    line = (
+        f"RE(det) {report['re_deterministic']:.4g}  FVU(det) {report['fvu_deterministic']:.4f}  "
+        f"AD {report['ad_mean']:.2f}±{report['ad_std']:.2f} [{report['ad_method']}]  "
+        f"dead {report['dead_fraction']:.3f}  dense {report['dense_fraction']:.3f}"
+    )
     if "re_sample" in report:
         line += f"  RE(sample) {report['re_sample']:.4g}  γ {report['gamma']:.3g}"
     return line
@@ -346,8 +398,13 @@ def train(
     run = _Run(dict(dictionaries), train_source, out_dir, config, eval_source, metadata or {})
     run.start()
     run_id = hashlib.sha1(json.dumps([str(run.out_dir.resolve()), run.signature]).encode()).hexdigest()[:12]
-    log = RunLog(run.out_dir / "log.jsonl", config.wandb_project, run.signature, wandb_id=f"interp-sae-{run_id}",
-                 enabled=run.cluster.is_main)
+    log = RunLog(
+        run.out_dir / "log.jsonl",
+        config.wandb_project,
+        run.signature,
+        wandb_id=f"interp-sae-{run_id}",
+        enabled=run.cluster.is_main,
+    )
     try:
         run.run(log)
         metrics = run.finish(log) if run.cluster.is_main else {}

@@ -12,7 +12,7 @@ from typing import Literal
 
 import torch
 
-from dictionaries.base import LossTerms, DictionaryConfig
+from dictionaries.base import DictionaryConfig, LossTerms
 from dictionaries.registry import register
 from dictionaries.sae import ReLUEncoderSAE, decoder_l2, l1_penalty, topk_activations
 from dictionaries.weights import ESTIMATORS, estimate_weights, load_weights_file

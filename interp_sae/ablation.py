@@ -10,7 +10,8 @@ the vocabulary tokens whose log-probabilities rose and fell most.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -38,9 +39,18 @@ def context_sequence(store: ActivationStore, index: int, after: int) -> tuple[li
 
 
 @torch.no_grad()
-def ablate(lm: LanguageModel, dictionary: Dictionary, hook: str, sequences: Sequence[tuple[list[int], list[bool]]],
-           features: Sequence[int], *, mode: str = "zero", means: torch.Tensor | None = None,
-           with_error: bool = True, top_n: int = 5) -> dict[str, Any]:
+def ablate(
+    lm: LanguageModel,
+    dictionary: Dictionary,
+    hook: str,
+    sequences: Sequence[tuple[list[int], list[bool]]],
+    features: Sequence[int],
+    *,
+    mode: str = "zero",
+    means: torch.Tensor | None = None,
+    with_error: bool = True,
+    top_n: int = 5,
+) -> dict[str, Any]:
     """Ablate `features` on each (token ids, document mask) sequence; returns the JSON-ready
     result (schema: docs/INSPECT_SCHEMA.md, "ablation"). Moves the dictionary to the model's device."""
     if not features:
@@ -53,18 +63,39 @@ def ablate(lm: LanguageModel, dictionary: Dictionary, hook: str, sequences: Sequ
         ids_t, mask_t = torch.tensor([ids]), torch.tensor([mask], device=lm.device)
         before = run_logits(lm, ids_t, [(hook, baseline.for_mask(mask_t))])[0]
         after = run_logits(lm, ids_t, [(hook, ablated.for_mask(mask_t))])[0]
-        results.append(_compare(lm, ids, prediction_mask(mask_t)[0], before, after, top_n,
-                                ablated.ablated_activations[0].T.tolist(), features))
+        results.append(
+            _compare(
+                lm,
+                ids,
+                prediction_mask(mask_t)[0],
+                before,
+                after,
+                top_n,
+                ablated.ablated_activations[0].T.tolist(),
+                features,
+            )
+        )
     deltas = [p["delta_loss"] for r in results for p in r["predictions"]]
     return {
-        "hook": hook, "features": list(features), "mode": mode, "with_error": with_error,
+        "hook": hook,
+        "features": list(features),
+        "mode": mode,
+        "with_error": with_error,
         "mean_delta_loss": float(np.mean(deltas)) if deltas else None,
         "sequences": results,
     }
 
 
-def _compare(lm: LanguageModel, ids: list[int], counted: torch.Tensor, before: torch.Tensor, after: torch.Tensor,
-             top_n: int, activations: list[list[float]], features: Sequence[int]) -> dict[str, Any]:
+def _compare(
+    lm: LanguageModel,
+    ids: list[int],
+    counted: torch.Tensor,
+    before: torch.Tensor,
+    after: torch.Tensor,
+    top_n: int,
+    activations: list[list[float]],
+    features: Sequence[int],
+) -> dict[str, Any]:
     decode = lm.tokenizer.decode
     tokens = [decode([t]) for t in ids]
     ids_t = torch.tensor([ids], device=before.device)
@@ -74,12 +105,19 @@ def _compare(lm: LanguageModel, ids: list[int], counted: torch.Tensor, before: t
     log_p, log_q = before[:-1].log_softmax(-1), after[:-1].log_softmax(-1)
     kl = (log_p.exp() * (log_p - log_q)).sum(-1)
     positions = counted.nonzero().squeeze(-1).tolist()
-    predictions = [{
-        "position": i, "token": tokens[i], "next_token": tokens[i + 1],
-        "loss_before": float(loss_before[i]), "loss_after": float(loss_after[i]),
-        "delta_loss": float(loss_after[i] - loss_before[i]), "delta_logit": float(delta_logit[i]),
-        "kl": float(kl[i]),
-    } for i in positions]
+    predictions = [
+        {
+            "position": i,
+            "token": tokens[i],
+            "next_token": tokens[i + 1],
+            "loss_before": float(loss_before[i]),
+            "loss_after": float(loss_after[i]),
+            "delta_loss": float(loss_after[i] - loss_before[i]),
+            "delta_logit": float(delta_logit[i]),
+            "kl": float(kl[i]),
+        }
+        for i in positions
+    ]
     moved = sorted(positions, key=lambda i: -float(kl[i]))[:top_n]
     return {
         "text": lm.tokenizer.decode(ids),
@@ -91,12 +129,20 @@ def _compare(lm: LanguageModel, ids: list[int], counted: torch.Tensor, before: t
     }
 
 
-def _moved(decode, position: int, log_p: torch.Tensor, log_q: torch.Tensor, kl: float, tokens: list[str],
-           top_n: int) -> dict[str, Any]:
+def _moved(
+    decode, position: int, log_p: torch.Tensor, log_q: torch.Tensor, kl: float, tokens: list[str], top_n: int
+) -> dict[str, Any]:
     change = log_q - log_p
     rose, fell = change.topk(top_n), change.topk(top_n, largest=False)
     return {
-        "position": position, "token": tokens[position], "next_token": tokens[position + 1], "kl": kl,
-        "rose": [{"token": decode([t]), "delta_log_prob": v} for t, v in zip(rose.indices.tolist(), rose.values.tolist())],
-        "fell": [{"token": decode([t]), "delta_log_prob": v} for t, v in zip(fell.indices.tolist(), fell.values.tolist())],
+        "position": position,
+        "token": tokens[position],
+        "next_token": tokens[position + 1],
+        "kl": kl,
+        "rose": [
+            {"token": decode([t]), "delta_log_prob": v} for t, v in zip(rose.indices.tolist(), rose.values.tolist())
+        ],
+        "fell": [
+            {"token": decode([t]), "delta_log_prob": v} for t, v in zip(fell.indices.tolist(), fell.values.tolist())
+        ],
     }

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 
@@ -41,23 +40,53 @@ def _resumable(kept: str):
 
 @app.command()
 def harvest(
-    out: Path = typer.Option(..., "--out", "-o", help="Store folder. Rerunning the same command into it resumes; other settings are refused."),
-    model: str = typer.Option(_DEFAULTS.model, help=f"Hugging Face model id, local HF folder, .gguf file, or {models.BUILTIN_SMOLLM2!r} (offline SmolLM2-135M)."),
-    revision: Optional[str] = typer.Option(None, help="Model revision (branch, tag or commit) for Hub ids, e.g. step143000 for Pythia."),
-    hook: List[str] = typer.Option(_DEFAULTS.hooks, "--hook", help="TransformerLens hook name to store; repeat for several (one forward pass serves all)."),
-    dataset: str = typer.Option(_DEFAULTS.dataset, help=f"`datasets` name (streamed), local .txt/.jsonl/.parquet file or folder, or {corpus.BUILTIN_PYDOC!r} (offline)."),
-    dataset_config: Optional[str] = typer.Option(None, help="`datasets` configuration name."),
+    out: Path = typer.Option(
+        ..., "--out", "-o", help="Store folder. Rerunning the same command into it resumes; other settings are refused."
+    ),
+    model: str = typer.Option(
+        _DEFAULTS.model,
+        help=f"Hugging Face model id, local HF folder, .gguf file, or {models.BUILTIN_SMOLLM2!r} (offline SmolLM2-135M).",
+    ),
+    revision: str | None = typer.Option(
+        None, help="Model revision (branch, tag or commit) for Hub ids, e.g. step143000 for Pythia."
+    ),
+    hook: list[str] = typer.Option(
+        _DEFAULTS.hooks,
+        "--hook",
+        help="TransformerLens hook name to store; repeat for several (one forward pass serves all).",
+    ),
+    dataset: str = typer.Option(
+        _DEFAULTS.dataset,
+        help=f"`datasets` name (streamed), local .txt/.jsonl/.parquet file or folder, or {corpus.BUILTIN_PYDOC!r} (offline).",
+    ),
+    dataset_config: str | None = typer.Option(None, help="`datasets` configuration name."),
     split: str = typer.Option(_DEFAULTS.split, help="`datasets` split."),
     text_column: str = typer.Option(_DEFAULTS.text_column, help="Column (or JSON key) holding the text."),
-    tokens: int = typer.Option(_DEFAULTS.tokens, help="Token budget. Rerun with a larger one to extend a finished store."),
+    tokens: int = typer.Option(
+        _DEFAULTS.tokens, help="Token budget. Rerun with a larger one to extend a finished store."
+    ),
     context_length: int = typer.Option(_DEFAULTS.context_length, help="Tokens per packed row, BOS included."),
-    batch_size: int = typer.Option(_DEFAULTS.batch_size, help="Rows per forward pass; lower it if you run out of memory."),
-    shard_tokens: int = typer.Option(_DEFAULTS.shard_tokens, help="Tokens per shard file: the unit of resume and of checksums."),
-    store_dtype: str = typer.Option(_DEFAULTS.store_dtype, help="Activation dtype on disk: bfloat16 (default: half of float32's disk, no float16 overflow), float16 or float32."),
-    model_dtype: str = typer.Option(_DEFAULTS.model_dtype, help="Dtype the model runs in: float32, bfloat16 or float16."),
+    batch_size: int = typer.Option(
+        _DEFAULTS.batch_size, help="Rows per forward pass; lower it if you run out of memory."
+    ),
+    shard_tokens: int = typer.Option(
+        _DEFAULTS.shard_tokens, help="Tokens per shard file: the unit of resume and of checksums."
+    ),
+    store_dtype: str = typer.Option(
+        _DEFAULTS.store_dtype,
+        help="Activation dtype on disk: bfloat16 (default: half of float32's disk, no float16 overflow), float16 or float32.",
+    ),
+    model_dtype: str = typer.Option(
+        _DEFAULTS.model_dtype, help="Dtype the model runs in: float32, bfloat16 or float16."
+    ),
     device: str = typer.Option(_DEFAULTS.device, help="auto (cuda when present, else cpu), cpu, cuda, cuda:1, ..."),
-    on_nonfinite: str = typer.Option(_DEFAULTS.on_nonfinite, help="What a NaN/Inf activation does: stop (with its row, position and document), or skip (leave the position out of training and count it in the manifest)."),
-    repair: bool = typer.Option(False, help="First re-harvest the shards that fail their checksum (see `interp-sae verify`), and only those."),
+    on_nonfinite: str = typer.Option(
+        _DEFAULTS.on_nonfinite,
+        help="What a NaN/Inf activation does: stop (with its row, position and document), or skip (leave the position out of training and count it in the manifest).",
+    ),
+    repair: bool = typer.Option(
+        False, help="First re-harvest the shards that fail their checksum (see `interp-sae verify`), and only those."
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Run a model over a text corpus and stream hook activations into a sharded store.
@@ -70,10 +99,22 @@ def harvest(
 
     try:
         config = HarvestConfig(
-            out=str(out), model=model, revision=revision, hooks=list(hook), dataset=dataset,
-            dataset_config=dataset_config, split=split, text_column=text_column, tokens=tokens,
-            context_length=context_length, batch_size=batch_size, shard_tokens=shard_tokens,
-            store_dtype=store_dtype, model_dtype=model_dtype, device=device, on_nonfinite=on_nonfinite,
+            out=str(out),
+            model=model,
+            revision=revision,
+            hooks=list(hook),
+            dataset=dataset,
+            dataset_config=dataset_config,
+            split=split,
+            text_column=text_column,
+            tokens=tokens,
+            context_length=context_length,
+            batch_size=batch_size,
+            shard_tokens=shard_tokens,
+            store_dtype=store_dtype,
+            model_dtype=model_dtype,
+            device=device,
+            on_nonfinite=on_nonfinite,
         )
         with _resumable("every complete shard is kept"):
             run_harvest(config, progress=not quiet, repair=repair)
@@ -104,24 +145,44 @@ def verify(store: Path = typer.Argument(..., help="Store folder to check.")) -> 
 @app.command()
 def train(
     store: Path = typer.Argument(..., help="Activation store folder (from `interp-sae harvest`)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Run folder: checkpoint, log.jsonl, AD–RE curves, one subfolder per dictionary. Rerun the same command to resume."),
-    hook: Optional[str] = typer.Option(None, help="Hook to train on (default: the store's only hook)."),
-    arch: List[str] = typer.Option(["vaease"], "--arch", help="Architecture; repeat to train several on the same batches: vaease, vae, sae_l1, sae_log, sae_topk, wsae, topk_aux."),
-    latents: List[int] = typer.Option([300], "--latents", help="Number of features κ; repeat for a size sweep (each --arch × each size)."),
-    set_: List[str] = typer.Option([], "--set", help="Architecture hyperparameter ARCH.FIELD=VALUE, e.g. sae_topk.k=32, sae_l1.l1_coefficient=0.1, wsae.estimator=kurtosis, wsae.encoder=topk."),
+    out: Path = typer.Option(
+        ...,
+        "--out",
+        "-o",
+        help="Run folder: checkpoint, log.jsonl, AD–RE curves, one subfolder per dictionary. Rerun the same command to resume.",
+    ),
+    hook: str | None = typer.Option(None, help="Hook to train on (default: the store's only hook)."),
+    arch: list[str] = typer.Option(
+        ["vaease"],
+        "--arch",
+        help="Architecture; repeat to train several on the same batches: vaease, vae, sae_l1, sae_log, sae_topk, wsae, topk_aux.",
+    ),
+    latents: list[int] = typer.Option(
+        [300], "--latents", help="Number of features κ; repeat for a size sweep (each --arch × each size)."
+    ),
+    set_: list[str] = typer.Option(
+        [],
+        "--set",
+        help="Architecture hyperparameter ARCH.FIELD=VALUE, e.g. sae_topk.k=32, sae_l1.l1_coefficient=0.1, wsae.estimator=kurtosis, wsae.encoder=topk.",
+    ),
     epochs: int = typer.Option(35, help="Passes over the training split (paper default 35)."),
     lr: float = typer.Option(5e-3, help="Adam learning rate (paper default 5e-3)."),
     batch_size: int = typer.Option(2048, help="Vectors per step (paper default 2048)."),
-    schedule: str = typer.Option("cosine_warm_restarts", help="cosine_warm_restarts (paper: T0=5 batches, Tmult=2, stepped per batch), constant, warmup_constant, warmup_cosine."),
+    schedule: str = typer.Option(
+        "cosine_warm_restarts",
+        help="cosine_warm_restarts (paper: T0=5 batches, Tmult=2, stepped per batch), constant, warmup_constant, warmup_cosine.",
+    ),
     warmup_steps: int = typer.Option(1000, help="Warm-up length for the warmup_* schedules."),
     seed: int = typer.Option(114514, help="Seed of initialisation, batch order and VAE noise (paper: 114514)."),
     val_fraction: float = typer.Option(0.1, help="Fraction of documents held out for evaluation (paper: 90/10)."),
     precision: str = typer.Option("fp32", help="fp32, or bf16 autocast of the forward pass (parameters stay fp32)."),
-    normalize_input: bool = typer.Option(False, help="Scale inputs to mean norm √d during training; folded back on save."),
+    normalize_input: bool = typer.Option(
+        False, help="Scale inputs to mean norm √d during training; folded back on save."
+    ),
     device: str = typer.Option("auto", help="auto (cuda when present, else cpu), cpu, cuda, cuda:1, ..."),
     checkpoint_every: int = typer.Option(1000, help="Steps between checkpoints (atomic; the resume points)."),
     eval_every: int = typer.Option(0, help="Steps between held-out evaluations (0: only at the end)."),
-    wandb_project: Optional[str] = typer.Option(None, help="Also log to this Weights & Biases project (needs `wandb`)."),
+    wandb_project: str | None = typer.Option(None, help="Also log to this Weights & Biases project (needs `wandb`)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Train one or more dictionaries on a store's hook, all on the same shuffled batches.
@@ -131,7 +192,6 @@ def train(
     time: the same command resumes from the last checkpoint.
     """
     import dictionaries as D
-
     from interp_sae.train_from_store import choose_hook, dictionary_configs, parse_overrides, train_from_store
 
     try:
@@ -141,33 +201,63 @@ def train(
         d = opened.d(choose_hook(opened, hook))
         configs = dictionary_configs(list(arch), list(latents), d, parse_overrides(list(set_)))
         train_config = D.TrainConfig(
-            epochs=epochs, lr=lr, seed=seed, device=device, precision=precision, normalize_input=normalize_input,
+            epochs=epochs,
+            lr=lr,
+            seed=seed,
+            device=device,
+            precision=precision,
+            normalize_input=normalize_input,
             schedule=D.ScheduleConfig(kind=schedule, warmup_steps=warmup_steps),
-            checkpoint_every=checkpoint_every, eval_every=eval_every, wandb_project=wandb_project, progress=not quiet,
+            checkpoint_every=checkpoint_every,
+            eval_every=eval_every,
+            wandb_project=wandb_project,
+            progress=not quiet,
         )
         with _resumable("the last checkpoint is kept"):
-            train_from_store(store, configs, out, train_config, hook=hook, batch_size=batch_size,
-                             val_fraction=val_fraction)
+            train_from_store(
+                store, configs, out, train_config, hook=hook, batch_size=batch_size, val_fraction=val_fraction
+            )
     except (ValueError, RuntimeError, OSError, KeyError) as exc:
         _fail(exc)
 
 
 @app.command()
 def demo(
-    out: Path = typer.Option(Path(_PIPELINE.out), "--out", "-o", help="Folder for everything the run makes. Rerun to resume or reuse finished steps."),
-    model: str = typer.Option(_PIPELINE.model, help="Model spec, as for `harvest` (default: the offline SmolLM2-135M)."),
-    dataset: str = typer.Option(_PIPELINE.dataset, help="Corpus, as for `harvest` (default: Python's own docs, offline)."),
-    hook: str = typer.Option(_PIPELINE.hook, help="Hook to harvest and train on (default: the middle residual layer of SmolLM2)."),
+    out: Path = typer.Option(
+        Path(_PIPELINE.out),
+        "--out",
+        "-o",
+        help="Folder for everything the run makes. Rerun to resume or reuse finished steps.",
+    ),
+    model: str = typer.Option(
+        _PIPELINE.model, help="Model spec, as for `harvest` (default: the offline SmolLM2-135M)."
+    ),
+    dataset: str = typer.Option(
+        _PIPELINE.dataset, help="Corpus, as for `harvest` (default: Python's own docs, offline)."
+    ),
+    hook: str = typer.Option(
+        _PIPELINE.hook, help="Hook to harvest and train on (default: the middle residual layer of SmolLM2)."
+    ),
     tokens: int = typer.Option(_PIPELINE.tokens, help="Tokens to harvest."),
     context_length: int = typer.Option(_PIPELINE.context_length, help="Tokens per packed row."),
-    arch: List[str] = typer.Option(_PIPELINE.architectures, "--arch", help="Dictionaries to train and compare (the first inspected is --inspect)."),
+    arch: list[str] = typer.Option(
+        _PIPELINE.architectures, "--arch", help="Dictionaries to train and compare (the first inspected is --inspect)."
+    ),
     latents: int = typer.Option(_PIPELINE.latents, help="Features per dictionary (paper: 300)."),
-    set_: List[str] = typer.Option([], "--set", help=f"Architecture hyperparameter ARCH.FIELD=VALUE, as for `train`; added to the demo's {_PIPELINE.overrides}."),
-    normalize_input: bool = typer.Option(_PIPELINE.normalize_input, help="Scale inputs to mean norm √d while training (folded back on save)."),
+    set_: list[str] = typer.Option(
+        [],
+        "--set",
+        help=f"Architecture hyperparameter ARCH.FIELD=VALUE, as for `train`; added to the demo's {_PIPELINE.overrides}.",
+    ),
+    normalize_input: bool = typer.Option(
+        _PIPELINE.normalize_input, help="Scale inputs to mean norm √d while training (folded back on save)."
+    ),
     epochs: int = typer.Option(_PIPELINE.epochs, help="Training epochs."),
     batch_size: int = typer.Option(_PIPELINE.batch_size, help="Training batch size."),
     loss_rows: int = typer.Option(_PIPELINE.loss_rows, help="Held-out rows for the loss-recovered measurement."),
-    inspect: str = typer.Option(_PIPELINE.inspect_dictionary, "--inspect", help="Which trained dictionary to inspect and ablate."),
+    inspect: str = typer.Option(
+        _PIPELINE.inspect_dictionary, "--inspect", help="Which trained dictionary to inspect and ablate."
+    ),
     device: str = typer.Option(_PIPELINE.device, help="auto (cuda when present, else cpu), cpu, cuda, ..."),
 ) -> None:
     """The whole pipeline in one command: harvest a layer, train VAEase and the SAE baselines on
@@ -178,11 +268,26 @@ def demo(
 
     try:
         with _resumable("finished steps and checkpoints are kept"):
-            run_pipeline(PipelineConfig(
-                out=str(out), model=model, dataset=dataset, hook=hook, tokens=tokens, context_length=context_length,
-                architectures=list(arch), latents=latents, normalize_input=normalize_input, epochs=epochs,
-                overrides=merge_overrides(_PIPELINE.overrides, parse_overrides(list(set_)), list(arch)),
-                batch_size=batch_size, loss_rows=loss_rows, inspect_dictionary=inspect, device=device), say=typer.echo)
+            run_pipeline(
+                PipelineConfig(
+                    out=str(out),
+                    model=model,
+                    dataset=dataset,
+                    hook=hook,
+                    tokens=tokens,
+                    context_length=context_length,
+                    architectures=list(arch),
+                    latents=latents,
+                    normalize_input=normalize_input,
+                    epochs=epochs,
+                    overrides=merge_overrides(_PIPELINE.overrides, parse_overrides(list(set_)), list(arch)),
+                    batch_size=batch_size,
+                    loss_rows=loss_rows,
+                    inspect_dictionary=inspect,
+                    device=device,
+                ),
+                say=typer.echo,
+            )
     except (ValueError, RuntimeError, OSError, KeyError) as exc:
         _fail(exc)
 

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 
 from interp_sae.inspect_stats import RANK_MODES
 
-_MODEL_HELP = ("Model spec (HF id, local folder, .gguf, builtin:smollm2); default: the model the store was "
-               "harvested with.")
+_MODEL_HELP = (
+    "Model spec (HF id, local folder, .gguf, builtin:smollm2); default: the model the store was harvested with."
+)
 
 
 def _load_model(spec: str, device: str):
@@ -24,15 +24,19 @@ def inspect(
     store: Path = typer.Argument(..., help="Activation store folder."),
     dictionary: Path = typer.Argument(..., help="Dictionary folder (config.json + model.safetensors)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder: inspection.json and report.html."),
-    hook: Optional[str] = typer.Option(None, help="Hook the dictionary reads; default: the store's only hook."),
-    split: str = typer.Option("validation", help="Store split to inspect: validation (held-out documents), train or all."),
+    hook: str | None = typer.Option(None, help="Hook the dictionary reads; default: the store's only hook."),
+    split: str = typer.Option(
+        "validation", help="Store split to inspect: validation (held-out documents), train or all."
+    ),
     top_k: int = typer.Option(20, help="Top activating tokens kept per feature."),
     window: int = typer.Option(16, help="Context tokens either side of each top token."),
-    rank_by: Optional[str] = typer.Option(None, help=f"Ranking of top tokens: {' | '.join(RANK_MODES)}; default abs "
-                                                     "(= value for non-negative SAE features)."),
-    model: Optional[str] = typer.Option(None, help=_MODEL_HELP),
+    rank_by: str | None = typer.Option(
+        None,
+        help=f"Ranking of top tokens: {' | '.join(RANK_MODES)}; default abs (= value for non-negative SAE features).",
+    ),
+    model: str | None = typer.Option(None, help=_MODEL_HELP),
     no_model: bool = typer.Option(False, "--no-model", help="Skip logit effects, loss recovered and ablation."),
-    ablate: List[int] = typer.Option([], "--ablate", help="Feature to ablate on its own top contexts; repeatable."),
+    ablate: list[int] = typer.Option([], "--ablate", help="Feature to ablate on its own top contexts; repeatable."),
     ablation_mode: str = typer.Option("zero", help="zero | mean."),
     loss_rows: int = typer.Option(64, help="Held-out rows for loss recovered."),
     batch_size: int = typer.Option(4096, help="Vectors per batch of the statistics pass."),
@@ -43,16 +47,27 @@ def inspect(
     from activation_cache import ActivationStore
     from dictionaries import load_dictionary
     from interp_sae.cli import _fail
-    from interp_sae.inspector import InspectConfig, inspect as run_inspect, write_inspection
+    from interp_sae.inspector import InspectConfig, write_inspection
+    from interp_sae.inspector import inspect as run_inspect
     from interp_sae.report import write_report
 
     try:
         opened = ActivationStore(store)
-        loaded = load_dictionary(dictionary)  # before the model: a wrong path should fail in a second, not after loading it
+        loaded = load_dictionary(
+            dictionary
+        )  # before the model: a wrong path should fail in a second, not after loading it
         lm = None if no_model else _load_model(model or opened.manifest.model["id"], device)
         loaded = loaded.to(lm.device if lm is not None else _device(device))
-        config = InspectConfig(split=split, top_k=top_k, window=window, rank_by=rank_by, batch_size=batch_size,
-                               loss_rows=loss_rows, ablate=list(ablate), ablation_mode=ablation_mode)
+        config = InspectConfig(
+            split=split,
+            top_k=top_k,
+            window=window,
+            rank_by=rank_by,
+            batch_size=batch_size,
+            loss_rows=loss_rows,
+            ablate=list(ablate),
+            ablation_mode=ablation_mode,
+        )
         results = run_inspect(opened, loaded, hook, config, lm=lm, dictionary_path=str(dictionary))
         json_path, report_path = write_inspection(results, out), write_report(results, out)
     except (ValueError, RuntimeError, OSError) as exc:
@@ -64,20 +79,34 @@ def inspect(
 
 def ablate(
     dictionary: Path = typer.Argument(..., help="Dictionary folder."),
-    feature: List[int] = typer.Option(..., "--feature", "-f", help="Feature to ablate; repeat for several (ablated together)."),
-    text: List[str] = typer.Option([], "--text", help="Text to run; repeatable."),
-    texts_file: Optional[Path] = typer.Option(None, help="File with one text per line."),
-    top_contexts: bool = typer.Option(False, "--top-contexts", help="Run on the features' own top contexts "
-                                                                   "(needs --inspection and --store)."),
-    store: Optional[Path] = typer.Option(None, help="Store the dictionary was trained on: default model and hook, "
-                                                    "top contexts, and feature means for --mode mean."),
-    inspection: Optional[Path] = typer.Option(None, help="An `inspect` output (folder or JSON): feature means and top contexts."),
-    model: Optional[str] = typer.Option(None, help=_MODEL_HELP.replace("the store", "--store")),
-    hook: Optional[str] = typer.Option(None, help="Hook to splice at; default: the inspection's, or the store's only hook."),
+    feature: list[int] = typer.Option(
+        ..., "--feature", "-f", help="Feature to ablate; repeat for several (ablated together)."
+    ),
+    text: list[str] = typer.Option([], "--text", help="Text to run; repeatable."),
+    texts_file: Path | None = typer.Option(None, help="File with one text per line."),
+    top_contexts: bool = typer.Option(
+        False, "--top-contexts", help="Run on the features' own top contexts (needs --inspection and --store)."
+    ),
+    store: Path | None = typer.Option(
+        None,
+        help="Store the dictionary was trained on: default model and hook, "
+        "top contexts, and feature means for --mode mean.",
+    ),
+    inspection: Path | None = typer.Option(
+        None, help="An `inspect` output (folder or JSON): feature means and top contexts."
+    ),
+    model: str | None = typer.Option(None, help=_MODEL_HELP.replace("the store", "--store")),
+    hook: str | None = typer.Option(
+        None, help="Hook to splice at; default: the inspection's, or the store's only hook."
+    ),
     mode: str = typer.Option("zero", help="zero | mean (the feature's mean activation on the store)."),
-    no_error: bool = typer.Option(False, "--no-error", help="Splice the bare reconstruction instead of adding back "
-                                                            "its error (then the baseline is the spliced model)."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the full result as JSON here."),
+    no_error: bool = typer.Option(
+        False,
+        "--no-error",
+        help="Splice the bare reconstruction instead of adding back "
+        "its error (then the baseline is the spliced model).",
+    ),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Write the full result as JSON here."),
     device: str = typer.Option("auto", help="auto (cuda when present), cpu, cuda, ..."),
 ) -> None:
     """Ablate features inside the running model: Δ loss and Δ next-token logit per token, and the
@@ -85,27 +114,54 @@ def ablate(
     from interp_sae.cli import _fail
 
     try:
-        result = _run_ablation(dictionary, list(feature), list(text), texts_file, top_contexts, store, inspection,
-                               model, hook, mode, not no_error, device)
+        result = _run_ablation(
+            dictionary,
+            list(feature),
+            list(text),
+            texts_file,
+            top_contexts,
+            store,
+            inspection,
+            model,
+            hook,
+            mode,
+            not no_error,
+            device,
+        )
     except (ValueError, RuntimeError, OSError) as exc:
         _fail(exc)
     for sequence in result["sequences"]:
         deltas = [p["delta_loss"] for p in sequence["predictions"]]
         typer.echo(f"{sequence['text']!r}: mean Δ loss {sum(deltas) / max(len(deltas), 1):+.5f}")
         for moved in sequence["most_moved"][:3]:
-            typer.echo(f"  {moved['token']!r} → {moved['next_token']!r}: KL {moved['kl']:.3g}, "
-                       f"rose {[r['token'] for r in moved['rose'][:3]]}, fell {[r['token'] for r in moved['fell'][:3]]}")
+            typer.echo(
+                f"  {moved['token']!r} → {moved['next_token']!r}: KL {moved['kl']:.3g}, "
+                f"rose {[r['token'] for r in moved['rose'][:3]]}, fell {[r['token'] for r in moved['fell'][:3]]}"
+            )
     typer.echo(f"mean Δ loss per token over all texts: {result['mean_delta_loss']}")
     if out:
         out.write_text(json.dumps(result, ensure_ascii=False, indent=1))
         typer.echo(f"wrote {out}")
 
 
-def _run_ablation(dictionary_path, features, texts, texts_file, top_contexts, store_path, inspection_path,
-                  model, hook, mode, with_error, device):
+def _run_ablation(
+    dictionary_path,
+    features,
+    texts,
+    texts_file,
+    top_contexts,
+    store_path,
+    inspection_path,
+    model,
+    hook,
+    mode,
+    with_error,
+    device,
+):
     from activation_cache import ActivationStore
     from dictionaries import load_dictionary
-    from interp_sae.ablation import ablate as run_ablation, context_sequence, text_sequence
+    from interp_sae.ablation import ablate as run_ablation
+    from interp_sae.ablation import context_sequence, text_sequence
     from interp_sae.inspector import default_hook, read_inspection
 
     store = ActivationStore(store_path) if store_path else None
@@ -116,7 +172,9 @@ def _run_ablation(dictionary_path, features, texts, texts_file, top_contexts, st
     loaded = load_dictionary(dictionary_path, device=lm.device)
     unknown = [j for j in features if not 0 <= j < loaded.config.n_latents]
     if unknown:
-        raise ValueError(f"features {unknown} do not exist: the dictionary has features 0 … {loaded.config.n_latents - 1}")
+        raise ValueError(
+            f"features {unknown} do not exist: the dictionary has features 0 … {loaded.config.n_latents - 1}"
+        )
     hook = hook or (inspected["hook"] if inspected else default_hook(store, loaded) if store else None)
     if hook is None:
         raise ValueError("no hook: pass --hook, --inspection or --store")
@@ -127,8 +185,11 @@ def _run_ablation(dictionary_path, features, texts, texts_file, top_contexts, st
         if not (inspected and store):
             raise ValueError("--top-contexts needs --inspection (which tokens) and --store (their rows)")
         window = inspected["config"]["window"]
-        sequences += [context_sequence(store, e["index"], window)
-                      for j in features for e in inspected["features"][j]["top_examples"]]
+        sequences += [
+            context_sequence(store, e["index"], window)
+            for j in features
+            for e in inspected["features"][j]["top_examples"]
+        ]
     if not sequences:
         raise ValueError("nothing to run: pass --text, --texts-file or --top-contexts")
     means = None

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import List, NoReturn, Optional
+from typing import NoReturn
 
 import typer
 
@@ -23,16 +23,20 @@ def register(app: typer.Typer) -> None:
 
 
 def push(
-    repo_id: str = typer.Argument(..., help="Hub repository 'org/name' ('name' alone: your own namespace); created if it does not exist."),
-    folders: List[Path] = typer.Argument(
+    repo_id: str = typer.Argument(
+        ..., help="Hub repository 'org/name' ('name' alone: your own namespace); created if it does not exist."
+    ),
+    folders: list[Path] = typer.Argument(
         ...,
         help="One dictionary folder (uploaded at the repo root), a folder whose subfolders are dictionaries "
         "(each uploaded under its name, e.g. a training run), or several dictionary folders (each under its name).",
     ),
-    private: bool = typer.Option(False, "--private", help="Create the repository as private. Has no effect on a repository that exists."),
-    revision: Optional[str] = typer.Option(None, help="Branch to commit to, created from main if missing. Default: main."),
+    private: bool = typer.Option(
+        False, "--private", help="Create the repository as private. Has no effect on a repository that exists."
+    ),
+    revision: str | None = typer.Option(None, help="Branch to commit to, created from main if missing. Default: main."),
     message: str = typer.Option(hub.DEFAULT_COMMIT_MESSAGE, "--message", "-m", help="Commit message."),
-    token: Optional[str] = typer.Option(None, help=TOKEN_HELP + " It needs write access."),
+    token: str | None = typer.Option(None, help=TOKEN_HELP + " It needs write access."),
 ) -> None:
     """Upload dictionaries to the Hugging Face Hub in one commit, with a generated model card (README.md) and index.json.
 
@@ -41,7 +45,9 @@ def push(
     """
     source = folders[0] if len(folders) == 1 else folders
     try:
-        commit = hub.push_to_hub(source, repo_id, private=private, revision=revision, commit_message=message, token=token)
+        commit = hub.push_to_hub(
+            source, repo_id, private=private, revision=revision, commit_message=message, token=token
+        )
     except ERRORS as error:
         _fail(error)
     typer.echo(commit.commit_url)
@@ -49,12 +55,17 @@ def push(
 
 def pull(
     repo_id_or_path: str = typer.Argument(..., help="Hub repository 'org/name', or a local dictionary folder."),
-    subfolder: Optional[str] = typer.Option(None, help="The dictionary's folder inside the repository (the model card lists them). Default: the repo root."),
-    revision: Optional[str] = typer.Option(None, help="Branch, tag or commit. Default: main."),
-    out: Optional[Path] = typer.Option(
-        None, "--out", "-o", help="Copy the dictionary's files into this folder (new or empty). Default: leave them in the Hugging Face cache."
+    subfolder: str | None = typer.Option(
+        None, help="The dictionary's folder inside the repository (the model card lists them). Default: the repo root."
     ),
-    token: Optional[str] = typer.Option(None, help=TOKEN_HELP + " Needed for private repositories only."),
+    revision: str | None = typer.Option(None, help="Branch, tag or commit. Default: main."),
+    out: Path | None = typer.Option(
+        None,
+        "--out",
+        "-o",
+        help="Copy the dictionary's files into this folder (new or empty). Default: leave them in the Hugging Face cache.",
+    ),
+    token: str | None = typer.Option(None, help=TOKEN_HELP + " Needed for private repositories only."),
 ) -> None:
     """Download one dictionary into the Hugging Face cache and check that it loads; print its folder.
 
@@ -76,23 +87,40 @@ def pull(
 
 def export_saelens(
     dictionary: Path = typer.Argument(..., help="Dictionary folder (config.json + model.safetensors)."),
-    out: Path = typer.Argument(..., help="Folder to write cfg.json and sae_weights.safetensors to; SAELens loads it with SAE.load_from_disk."),
-    inspection: Optional[Path] = typer.Option(
+    out: Path = typer.Argument(
+        ..., help="Folder to write cfg.json and sae_weights.safetensors to; SAELens loads it with SAE.load_from_disk."
+    ),
+    inspection: Path | None = typer.Option(
         None,
         help="inspection.json (or its folder) that `interp-sae inspect` wrote for this dictionary: its feature "
         "frequencies become sparsity.safetensors (log10(frequency + 1e-10)), and its hook and model the defaults below.",
     ),
-    hook_name: Optional[str] = typer.Option(None, help="TransformerLens hook the dictionary reads, e.g. blocks.3.hook_resid_post. Default: from --inspection, else config.json's metadata."),
-    model_name: Optional[str] = typer.Option(None, help="Model the activations came from, e.g. EleutherAI/pythia-70m-deduped. Default: from --inspection, else config.json's metadata."),
-    dataset_path: Optional[str] = typer.Option(None, help="Dataset the activations came from. Default: from config.json's metadata."),
-    context_size: Optional[int] = typer.Option(None, help="Tokens per context the activations were harvested with. Default: from config.json's metadata."),
+    hook_name: str | None = typer.Option(
+        None,
+        help="TransformerLens hook the dictionary reads, e.g. blocks.3.hook_resid_post. Default: from --inspection, else config.json's metadata.",
+    ),
+    model_name: str | None = typer.Option(
+        None,
+        help="Model the activations came from, e.g. EleutherAI/pythia-70m-deduped. Default: from --inspection, else config.json's metadata.",
+    ),
+    dataset_path: str | None = typer.Option(
+        None, help="Dataset the activations came from. Default: from config.json's metadata."
+    ),
+    context_size: int | None = typer.Option(
+        None, help="Tokens per context the activations were harvested with. Default: from config.json's metadata."
+    ),
 ) -> None:
     """Export a dictionary to SAELens's layout (standard: ReLU SAEs; topk: TopK SAEs).
 
     The input scale is folded into the weights, so SAELens reads raw activations. VAEase and the
     VAE are refused: SAELens cannot represent them.
     """
-    given = {"hook_name": hook_name, "model_name": model_name, "dataset_path": dataset_path, "context_size": context_size}
+    given = {
+        "hook_name": hook_name,
+        "model_name": model_name,
+        "dataset_path": dataset_path,
+        "context_size": context_size,
+    }
     try:
         frequency, from_inspection = _read_inspection(inspection) if inspection else (None, {})
         metadata = {**from_inspection, **{key: value for key, value in given.items() if value is not None}}
@@ -103,7 +131,9 @@ def export_saelens(
 
 
 def import_saelens(
-    folder: Path = typer.Argument(..., help="SAELens folder: cfg.json + sae_weights.safetensors, architecture standard or topk."),
+    folder: Path = typer.Argument(
+        ..., help="SAELens folder: cfg.json + sae_weights.safetensors, architecture standard or topk."
+    ),
     out: Path = typer.Argument(..., help="Dictionary folder to write (config.json + model.safetensors)."),
 ) -> None:
     """Convert a SAELens SAE into a dictionary folder that interp-sae's tools read.
@@ -124,7 +154,10 @@ def _read_inspection(path: Path) -> tuple[list[float], dict[str, str | None]]:
 
     results = read_inspection(path)
     try:
-        return [feature["frequency"] for feature in results["features"]], {"hook_name": results["hook"], "model_name": results["model"]}
+        return [feature["frequency"] for feature in results["features"]], {
+            "hook_name": results["hook"],
+            "model_name": results["model"],
+        }
     except (KeyError, TypeError) as error:
         raise ValueError(f"{path} is not an inspection written by `interp-sae inspect` (no {error}).") from error
 

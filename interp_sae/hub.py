@@ -13,6 +13,7 @@ HF_ENDPOINT; HF_HUB_OFFLINE=1 serves downloads from the cache. Failures raise `H
 
 from __future__ import annotations
 
+import contextlib
 import json
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -22,7 +23,15 @@ from pathlib import Path
 from typing import Any
 
 import httpx2  # the HTTP library of huggingface_hub 2.x: its transport errors mean "unreachable"
-from huggingface_hub import CommitInfo, CommitOperationAdd, HfApi, constants, get_token, hf_hub_download, snapshot_download
+from huggingface_hub import (
+    CommitInfo,
+    CommitOperationAdd,
+    HfApi,
+    constants,
+    get_token,
+    hf_hub_download,
+    snapshot_download,
+)
 from huggingface_hub.errors import (
     GatedRepoError,
     HfHubHTTPError,
@@ -276,10 +285,10 @@ def _no_dictionary_message(repo_id: str, subfolder: str | None, snapshot: Path) 
     index_path = snapshot / model_card.INDEX_FILE
     listed = []
     if index_path.is_file():
-        try:
+        with contextlib.suppress(
+            json.JSONDecodeError, ValueError, KeyError, TypeError
+        ):  # the message is right without it
             listed = [e["subfolder"] for e in model_card.index_entries(json.loads(index_path.read_text()))]
-        except (json.JSONDecodeError, ValueError, KeyError, TypeError):
-            pass  # the message below is still right without the list
     where = f"in subfolder '{subfolder}'" if subfolder else "at the root"
     available = ", ".join(repr(s) for s in listed if s) or "none listed"
     return f"No dictionary {where} of '{repo_id}' (no {CONFIG_FILE}). Subfolders with dictionaries: {available}; pass subfolder=..."
@@ -307,7 +316,9 @@ def _hub_errors(repo_id: str, revision: str | None, *, downloading: bool) -> Ite
         if status == 401:
             message = f"The Hub at {endpoint} rejected your token (401): it is invalid or expired; {LOGIN_HINT}."
         elif status == 403:
-            message = f"Your token may not write to '{repo_id}' (403: {error.server_message}); use one with write access."
+            message = (
+                f"Your token may not write to '{repo_id}' (403: {error.server_message}); use one with write access."
+            )
         else:
             message = f"The Hub at {endpoint} answered {status} for '{repo_id}': {error.server_message or error}"
         raise HubError(message) from error

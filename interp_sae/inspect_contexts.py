@@ -43,8 +43,9 @@ class TokenText:
 
 
 @torch.no_grad()
-def top_contexts(store: ActivationStore, dictionary: Dictionary, hook: str, top_indices: list[list[int]],
-                 window: int, tokenizer: Any) -> list[list[dict]]:
+def top_contexts(
+    store: ActivationStore, dictionary: Dictionary, hook: str, top_indices: list[list[int]], window: int, tokenizer: Any
+) -> list[list[dict]]:
     """Per feature, one context record per top example (same order as `top_indices`).
 
     Each shard is read once; window vectors are encoded in chunks so memory stays bounded.
@@ -63,15 +64,24 @@ def top_contexts(store: ActivationStore, dictionary: Dictionary, hook: str, top_
         tensors = store.load_shard(shard, [hook, TOKEN_IDS, DOC_IDS, DOC_POSITIONS])
         first = store.manifest.shards[shard].first_row * store.context_length
         for lo in range(0, len(examples), per_chunk):
-            chunk = examples[lo: lo + per_chunk]
-            for (feature, rank, _), record in zip(chunk, _chunk_contexts(dictionary, hook, tensors, chunk, window,
-                                                                          first, store.context_length, words)):
+            chunk = examples[lo : lo + per_chunk]
+            for (feature, rank, _), record in zip(
+                chunk, _chunk_contexts(dictionary, hook, tensors, chunk, window, first, store.context_length, words)
+            ):
                 contexts[feature][rank] = record
     return contexts
 
 
-def _chunk_contexts(dictionary: Dictionary, hook: str, tensors: dict[str, torch.Tensor], chunk: list[tuple[int, int, int]],
-                    window: int, first: int, ctx: int, words: TokenText) -> list[dict]:
+def _chunk_contexts(
+    dictionary: Dictionary,
+    hook: str,
+    tensors: dict[str, torch.Tensor],
+    chunk: list[tuple[int, int, int]],
+    window: int,
+    first: int,
+    ctx: int,
+    words: TokenText,
+) -> list[dict]:
     spans = []  # (row, lo, hi, position)
     for _, _, local in chunk:
         row, pos = divmod(local, ctx)
@@ -86,20 +96,25 @@ def _chunk_contexts(dictionary: Dictionary, hook: str, tensors: dict[str, torch.
         values = features[np.searchsorted(wanted, np.arange(row * ctx + lo, row * ctx + hi)), feature].tolist()
         tokens = [words.token(t) for t in token_ids]
         center = pos - lo
-        records.append({
-            "index": first + local,
-            "activation": _significant(values[center]),
-            "row": (first + local) // ctx,
-            "position": pos,
-            "doc_id": doc_ids[center],
-            "doc_position": int(tensors[DOC_POSITIONS][row, pos]),
-            "window_start": lo,
-            "center": center,
-            "token_ids": token_ids,
-            "tokens": tokens,
-            "activations": [_significant(v) if d >= 0 else None for v, d in zip(values, doc_ids)],
-            "text": words.text(token_ids),
-            "marked_text": words.text(token_ids[:center]) + MARK_OPEN + tokens[center] + MARK_CLOSE
-            + words.text(token_ids[center + 1:]),
-        })
+        records.append(
+            {
+                "index": first + local,
+                "activation": _significant(values[center]),
+                "row": (first + local) // ctx,
+                "position": pos,
+                "doc_id": doc_ids[center],
+                "doc_position": int(tensors[DOC_POSITIONS][row, pos]),
+                "window_start": lo,
+                "center": center,
+                "token_ids": token_ids,
+                "tokens": tokens,
+                "activations": [_significant(v) if d >= 0 else None for v, d in zip(values, doc_ids)],
+                "text": words.text(token_ids),
+                "marked_text": words.text(token_ids[:center])
+                + MARK_OPEN
+                + tokens[center]
+                + MARK_CLOSE
+                + words.text(token_ids[center + 1 :]),
+            }
+        )
     return records

@@ -26,8 +26,8 @@ split of log σ². Histograms count firing activations only.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -146,8 +146,9 @@ class FeatureAccumulator:
         self.histogram = torch.zeros(n_features * n_bins, dtype=torch.int64, device=device)
         self.keys = torch.full((n_features, top_k), _SENTINEL, dtype=torch.int64, device=device)
 
-    def update(self, features: torch.Tensor, fires: torch.Tensor, indices: torch.Tensor,
-               log_var: torch.Tensor | None = None) -> None:
+    def update(
+        self, features: torch.Tensor, fires: torch.Tensor, indices: torch.Tensor, log_var: torch.Tensor | None = None
+    ) -> None:
         """Add a batch: features, fires (and log σ² for one_minus_sigma) [B, κ]; indices int64 [B]
         (global vector indices)."""
         self.tokens += features.shape[0]
@@ -199,8 +200,15 @@ class FeatureAccumulator:
         )
 
 
-def split_batches(store: ActivationStore, hook: str, split: str, batch_size: int, device: torch.device,
-                  val_fraction: float = 0.1, split_seed: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def split_batches(
+    store: ActivationStore,
+    hook: str,
+    split: str,
+    batch_size: int,
+    device: torch.device,
+    val_fraction: float = 0.1,
+    split_seed: int = 0,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """(float32 vectors [B, d] on `device`, global indices int64 [B]) of a split, in store order."""
     ctx = store.context_length
     for shard_index, shard in enumerate(store.manifest.shards):
@@ -209,14 +217,23 @@ def split_batches(store: ActivationStore, hook: str, split: str, batch_size: int
         local = torch.from_numpy(np.flatnonzero(mask))
         vectors = tensors[hook][local]
         for lo in range(0, len(local), batch_size):
-            x = vectors[lo: lo + batch_size].to(device, non_blocking=True).float()
-            yield x, (local[lo: lo + batch_size] + shard.first_row * ctx).to(device)
+            x = vectors[lo : lo + batch_size].to(device, non_blocking=True).float()
+            yield x, (local[lo : lo + batch_size] + shard.first_row * ctx).to(device)
 
 
 @torch.no_grad()
-def feature_statistics(store: ActivationStore, dictionary: Dictionary, hook: str, *, split: str = "validation",
-                       top_k: int = 20, rank_by: str | None = None, batch_size: int = 4096,
-                       val_fraction: float = 0.1, split_seed: int = 0) -> FeatureStatistics:
+def feature_statistics(
+    store: ActivationStore,
+    dictionary: Dictionary,
+    hook: str,
+    *,
+    split: str = "validation",
+    top_k: int = 20,
+    rank_by: str | None = None,
+    batch_size: int = 4096,
+    val_fraction: float = 0.1,
+    split_seed: int = 0,
+) -> FeatureStatistics:
     """The streaming pass over `split` of `store` at `hook`, on the dictionary's device."""
     check_store_width(store, hook, dictionary)
     if len(store) > _LOW_MASK:

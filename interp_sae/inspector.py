@@ -63,26 +63,47 @@ def default_hook(store: ActivationStore, dictionary: Dictionary, hook: str | Non
     return fitting[0]
 
 
-def inspect(store: ActivationStore, dictionary: Dictionary, hook: str | None = None,
-            config: InspectConfig | None = None, lm: LanguageModel | None = None,
-            dictionary_path: str | None = None) -> dict[str, Any]:
+def inspect(
+    store: ActivationStore,
+    dictionary: Dictionary,
+    hook: str | None = None,
+    config: InspectConfig | None = None,
+    lm: LanguageModel | None = None,
+    dictionary_path: str | None = None,
+) -> dict[str, Any]:
     """Inspect every feature of `dictionary` on `store`; JSON-ready results."""
     hook = default_hook(store, dictionary, hook)
     config = config or InspectConfig()
     config = dataclasses.replace(config, rank_by=resolve_rank_by(dictionary, config.rank_by))
     if lm is not None:
         dictionary = dictionary.to(lm.device)
-    stats = feature_statistics(store, dictionary, hook, split=config.split, top_k=config.top_k,
-                               rank_by=config.rank_by, batch_size=config.batch_size,
-                               val_fraction=config.val_fraction, split_seed=config.split_seed)
+    stats = feature_statistics(
+        store,
+        dictionary,
+        hook,
+        split=config.split,
+        top_k=config.top_k,
+        rank_by=config.rank_by,
+        batch_size=config.batch_size,
+        val_fraction=config.val_fraction,
+        split_seed=config.split_seed,
+    )
     contexts = top_contexts(store, dictionary, hook, stats.top_indices, config.window, store.tokenizer())
     features = [_feature_record(stats, j, contexts[j]) for j in range(dictionary.config.n_latents)]
     downstream = None
     if lm is not None:
         for record, effects in zip(features, logit_effects(lm, dictionary.feature_directions, config.logit_top_n)):
             record["logits"] = effects
-        downstream = loss_recovered(lm, dictionary, hook, store, split=config.split, max_rows=config.loss_rows,
-                                    val_fraction=config.val_fraction, split_seed=config.split_seed)
+        downstream = loss_recovered(
+            lm,
+            dictionary,
+            hook,
+            store,
+            split=config.split,
+            max_rows=config.loss_rows,
+            val_fraction=config.val_fraction,
+            split_seed=config.split_seed,
+        )
         for j in config.ablate:
             indices = [example["index"] for example in features[j]["top_examples"]]
             features[j]["ablation"] = ablate_top_contexts(lm, dictionary, hook, store, j, indices, config, stats)
@@ -103,8 +124,16 @@ def inspect(store: ActivationStore, dictionary: Dictionary, hook: str | None = N
     }
 
 
-def ablate_top_contexts(lm: LanguageModel, dictionary: Dictionary, hook: str, store: ActivationStore, feature: int,
-                        indices: list[int], config: InspectConfig, stats: FeatureStatistics) -> dict[str, Any] | None:
+def ablate_top_contexts(
+    lm: LanguageModel,
+    dictionary: Dictionary,
+    hook: str,
+    store: ActivationStore,
+    feature: int,
+    indices: list[int],
+    config: InspectConfig,
+    stats: FeatureStatistics,
+) -> dict[str, Any] | None:
     """Ablate `feature` on the rows of its top examples `indices` (each run up to `window` tokens past
     the example); None when the feature has no example."""
     if not indices:
@@ -152,5 +181,7 @@ def read_inspection(path: str | Path) -> dict[str, Any]:
         path = path / INSPECTION_FILE
     results = json.loads(path.read_text())
     if results.get("schema_version") != SCHEMA_VERSION:
-        raise ValueError(f"{path}: schema_version {results.get('schema_version')!r}, this interp-sae reads {SCHEMA_VERSION}")
+        raise ValueError(
+            f"{path}: schema_version {results.get('schema_version')!r}, this interp-sae reads {SCHEMA_VERSION}"
+        )
     return results

@@ -50,20 +50,26 @@ def unembed_directions(lm: LanguageModel, directions: torch.Tensor) -> torch.Ten
         return logits - logits.mean(-1, keepdim=True)
 
 
-def logit_effects(lm: LanguageModel, directions: torch.Tensor, top_n: int = 10,
-                  chunk: int = 256) -> list[dict[str, list[dict[str, Any]]]]:
+def logit_effects(
+    lm: LanguageModel, directions: torch.Tensor, top_n: int = 10, chunk: int = 256
+) -> list[dict[str, list[dict[str, Any]]]]:
     """Per feature {"promoted": [...], "suppressed": [...]}, each a list of
     {"token_id", "token", "logit"} (the top_n largest and smallest effects)."""
     results = []
     decode = lm.tokenizer.decode
     for lo in range(0, len(directions), chunk):
-        effects = unembed_directions(lm, directions[lo: lo + chunk])
+        effects = unembed_directions(lm, directions[lo : lo + chunk])
         n = min(top_n, effects.shape[-1])
         top, bottom = effects.topk(n, dim=-1), effects.topk(n, dim=-1, largest=False)
-        for values, ids, low_values, low_ids in zip(top.values.tolist(), top.indices.tolist(),
-                                                    bottom.values.tolist(), bottom.indices.tolist()):
-            results.append({
-                "promoted": [{"token_id": t, "token": decode([t]), "logit": v} for t, v in zip(ids, values)],
-                "suppressed": [{"token_id": t, "token": decode([t]), "logit": v} for t, v in zip(low_ids, low_values)],
-            })
+        for values, ids, low_values, low_ids in zip(
+            top.values.tolist(), top.indices.tolist(), bottom.values.tolist(), bottom.indices.tolist()
+        ):
+            results.append(
+                {
+                    "promoted": [{"token_id": t, "token": decode([t]), "logit": v} for t, v in zip(ids, values)],
+                    "suppressed": [
+                        {"token_id": t, "token": decode([t]), "logit": v} for t, v in zip(low_ids, low_values)
+                    ],
+                }
+            )
     return results

@@ -57,8 +57,9 @@ class PipelineConfig:
         return Path(self.out)
 
 
-def merge_overrides(defaults: dict[str, dict[str, Any]], given: dict[str, dict[str, Any]],
-                    architectures: list[str]) -> dict[str, dict[str, Any]]:
+def merge_overrides(
+    defaults: dict[str, dict[str, Any]], given: dict[str, dict[str, Any]], architectures: list[str]
+) -> dict[str, dict[str, Any]]:
     """The demo's defaults for the architectures it trains, with the user's settings on top."""
     merged = {arch: dict(fields) for arch, fields in defaults.items() if arch in architectures}
     for arch, fields in given.items():
@@ -72,29 +73,59 @@ def run_pipeline(config: PipelineConfig, say=print) -> dict[str, Any]:
 
     say(f"[1/5] harvest {config.hook} of {config.model} on {config.dataset} → {store_dir}")
     lm = load_model(config.model, device=config.device)
-    harvest(HarvestConfig(out=str(store_dir), model=config.model, hooks=[config.hook], dataset=config.dataset,
-                          tokens=config.tokens, context_length=config.context_length, device=config.device),
-            model=lm)
+    harvest(
+        HarvestConfig(
+            out=str(store_dir),
+            model=config.model,
+            hooks=[config.hook],
+            dataset=config.dataset,
+            tokens=config.tokens,
+            context_length=config.context_length,
+            device=config.device,
+        ),
+        model=lm,
+    )
     store = ActivationStore(store_dir)
 
     say(f"[2/5] train {', '.join(config.architectures)} (κ={config.latents}, {config.epochs} epochs) → {train_dir}")
     configs = dictionary_configs(config.architectures, [config.latents], store.d(config.hook), config.overrides)
-    result = train_from_store(store_dir, configs, train_dir,
-                              D.TrainConfig(epochs=config.epochs, device=config.device, checkpoint_every=100,
-                                            normalize_input=config.normalize_input),
-                              hook=config.hook, batch_size=config.batch_size)
+    result = train_from_store(
+        store_dir,
+        configs,
+        train_dir,
+        D.TrainConfig(
+            epochs=config.epochs, device=config.device, checkpoint_every=100, normalize_input=config.normalize_input
+        ),
+        hook=config.hook,
+        batch_size=config.batch_size,
+    )
 
     say(f"[3/5] fraction of LM loss recovered with each dictionary spliced in ({config.loss_rows} held-out rows)")
     weights = sorted(train_dir.glob("*/model.safetensors"))
-    downstream = _cached(root / "downstream.json", _inputs_key(config.hook, config.loss_rows, files=weights), lambda: {
-        name: loss_recovered(lm, model, config.hook, store, max_rows=config.loss_rows)
-        for name, model in result.dictionaries.items()})
+    downstream = _cached(
+        root / "downstream.json",
+        _inputs_key(config.hook, config.loss_rows, files=weights),
+        lambda: {
+            name: loss_recovered(lm, model, config.hook, store, max_rows=config.loss_rows)
+            for name, model in result.dictionaries.items()
+        },
+    )
 
     name = config.inspect_dictionary
     say(f"[4/5] inspect {name}: statistics, top contexts, logit effects → {inspect_dir}")
-    inspection = _cached(inspect_dir / "inspection.json", _inputs_key(name, config.loss_rows, files=weights), lambda: inspect(
-        store, result.dictionaries[name], config.hook, InspectConfig(loss_rows=config.loss_rows),
-        lm=lm, dictionary_path=str(train_dir / name)), read=read_inspection)
+    inspection = _cached(
+        inspect_dir / "inspection.json",
+        _inputs_key(name, config.loss_rows, files=weights),
+        lambda: inspect(
+            store,
+            result.dictionaries[name],
+            config.hook,
+            InspectConfig(loss_rows=config.loss_rows),
+            lm=lm,
+            dictionary_path=str(train_dir / name),
+        ),
+        read=read_inspection,
+    )
 
     feature = _ablation_feature(inspection)
     say(f"[5/5] ablate {name} feature {feature} on its own top contexts")
@@ -139,34 +170,59 @@ def _ablation_feature(inspection: dict[str, Any]) -> int:
     return max(candidates, key=lambda f: abs(f["top_examples"][0]["score"]))["feature"]
 
 
-def _summary(config: PipelineConfig, metrics: dict, downstream: dict, inspection: dict, feature: int,
-             report: Path, train_dir: Path) -> dict[str, Any]:
+def _summary(
+    config: PipelineConfig,
+    metrics: dict,
+    downstream: dict,
+    inspection: dict,
+    feature: int,
+    report: Path,
+    train_dir: Path,
+) -> dict[str, Any]:
     ablation = inspection["features"][feature]["ablation"]
     return {
         "config": asdict(config),
         "dictionaries": {
-            name: {"re": m["re_deterministic"], "fvu": m["fvu_deterministic"], "ad_mean": m["ad_mean"],
-                   "ad_method": m["ad_method"], "dead_fraction": m["dead_fraction"],
-                   "fraction_recovered": downstream[name]["fraction_recovered"], "folder": str(train_dir / name)}
+            name: {
+                "re": m["re_deterministic"],
+                "fvu": m["fvu_deterministic"],
+                "ad_mean": m["ad_mean"],
+                "ad_method": m["ad_method"],
+                "dead_fraction": m["dead_fraction"],
+                "fraction_recovered": downstream[name]["fraction_recovered"],
+                "folder": str(train_dir / name),
+            }
             for name, m in metrics.items()
         },
         "clean_loss": next(iter(downstream.values()))["clean_loss"],
-        "ablation": {"dictionary": config.inspect_dictionary, "feature": feature,
-                     "mean_delta_loss": ablation["mean_delta_loss"]},
-        "paths": {"store": str(config.root / "store"), "dictionaries": str(train_dir),
-                  "ad_re_plot": str(train_dir / "ad_re_curves.png"), "report": str(report),
-                  "inspection": str(report.parent / "inspection.json")},
+        "ablation": {
+            "dictionary": config.inspect_dictionary,
+            "feature": feature,
+            "mean_delta_loss": ablation["mean_delta_loss"],
+        },
+        "paths": {
+            "store": str(config.root / "store"),
+            "dictionaries": str(train_dir),
+            "ad_re_plot": str(train_dir / "ad_re_curves.png"),
+            "report": str(report),
+            "inspection": str(report.parent / "inspection.json"),
+        },
     }
 
 
 def _describe(summary: dict[str, Any]) -> list[str]:
-    lines = ["", "held-out metrics (RE, FVU from the deterministic decode; AD: 2-means on log σ² for VAE/VAEase, "
-                 "L0 for SAEs; loss recovered with the dictionary spliced in)",
-             f"{'dictionary':<12}{'RE':>10}{'FVU':>8}{'AD/L0':>8}{'dead':>7}{'loss rec.':>11}"]
+    lines = [
+        "",
+        "held-out metrics (RE, FVU from the deterministic decode; AD: 2-means on log σ² for VAE/VAEase, "
+        "L0 for SAEs; loss recovered with the dictionary spliced in)",
+        f"{'dictionary':<12}{'RE':>10}{'FVU':>8}{'AD/L0':>8}{'dead':>7}{'loss rec.':>11}",
+    ]
     for name, m in summary["dictionaries"].items():
         recovered = m["fraction_recovered"]
-        lines.append(f"{name:<12}{m['re']:>10.4g}{m['fvu']:>8.4f}{m['ad_mean']:>8.2f}{m['dead_fraction']:>7.3f}"
-                     f"{recovered if recovered is None else format(recovered, '.3f'):>11}")
+        lines.append(
+            f"{name:<12}{m['re']:>10.4g}{m['fvu']:>8.4f}{m['ad_mean']:>8.2f}{m['dead_fraction']:>7.3f}"
+            f"{recovered if recovered is None else format(recovered, '.3f'):>11}"
+        )
     ablation, paths = summary["ablation"], summary["paths"]
     lines += [
         f"clean next-token loss {summary['clean_loss']:.4f}",
@@ -180,4 +236,3 @@ def _describe(summary: dict[str, Any]) -> list[str]:
         "next:          jupyter notebook notebooks/browse_features.ipynb",
     ]
     return lines
-

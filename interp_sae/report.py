@@ -120,17 +120,20 @@ def render_report(results: dict[str, Any]) -> str:
     """The report page for an inspection (see module docstring)."""
     payload = json.dumps(results, ensure_ascii=False).replace("<", "\\u003c")  # so no text can close the script
     down = results.get("downstream")
-    summary = (f"loss clean {down['clean_loss']:.4f}, spliced {down['spliced_loss']:.4f}, zero-ablated "
-               f"{down['zero_ablated_loss']:.4f}; fraction of loss recovered {down['fraction_recovered']:.3f} "
-               f"({down['predictions']} predictions, split {down['split']})"
-               if down and down.get("fraction_recovered") is not None else "loss recovered: not computed (no model given)")
+    summary = (
+        f"loss clean {down['clean_loss']:.4f}, spliced {down['spliced_loss']:.4f}, zero-ablated "
+        f"{down['zero_ablated_loss']:.4f}; fraction of loss recovered {down['fraction_recovered']:.3f} "
+        f"({down['predictions']} predictions, split {down['split']})"
+        if down and down.get("fraction_recovered") is not None
+        else "loss recovered: not computed (no model given)"
+    )
     title = f"{results['architecture']} · {results['hook']} · {results['n_features']} features"
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title><style>{_CSS}</style></head>
 <body><div id="side"><input id="search" placeholder="search features: number or text"><ul id="list"></ul></div>
 <div id="main-wrap" style="flex:1;display:flex;flex-direction:column;overflow:hidden">
 <div style="padding:8px 20px;border-bottom:1px solid #ccc"><b>{html.escape(title)}</b>
-<span class="meta"> · {results['tokens']:,} tokens of {html.escape(str(results['store']))} · {html.escape(summary)}</span></div>
+<span class="meta"> · {results["tokens"]:,} tokens of {html.escape(str(results["store"]))} · {html.escape(summary)}</span></div>
 <div id="main"></div></div>
 <script type="application/json" id="inspection">{payload}</script>
 <script>{_JS}</script>

@@ -174,7 +174,9 @@ def _export_metadata(config: dict[str, Any], architecture: str, overrides: dict[
 def _log_sparsity(firing_frequency: torch.Tensor | Sequence[float], n_latents: int) -> torch.Tensor:
     frequency = torch.as_tensor(firing_frequency, dtype=torch.float64)
     if frequency.shape != (n_latents,):
-        raise SAELensError(f"firing_frequency must have shape ({n_latents},), one per feature, got {tuple(frequency.shape)}.")
+        raise SAELensError(
+            f"firing_frequency must have shape ({n_latents},), one per feature, got {tuple(frequency.shape)}."
+        )
     if not bool(((frequency >= 0) & (frequency <= 1)).all()):
         raise SAELensError("firing_frequency must hold fractions of tokens, each in [0, 1] (and no NaN).")
     return torch.log10(frequency + SPARSITY_EPS).float()
@@ -229,7 +231,9 @@ def _normalise_pre_6(cfg: dict[str, Any], path: Path) -> dict[str, Any]:
     elif activation != "relu":
         raise SAELensError(f"{path}: activation function {activation!r} has no interp-sae equivalent (relu or topk).")
     normalize = cfg.get("normalize_activations")
-    cfg["normalize_activations"] = {None: "none", False: "none", True: "expected_average_only_in"}.get(normalize, normalize)
+    cfg["normalize_activations"] = {None: "none", False: "none", True: "expected_average_only_in"}.get(
+        normalize, normalize
+    )
     return {"architecture": "standard", "apply_b_dec_to_input": True, **cfg}
 
 
@@ -246,7 +250,9 @@ def _read_weights(folder: Path, cfg: dict[str, Any]) -> dict[str, torch.Tensor]:
     if scaling is not None and not bool((scaling == 1).all()):
         raise SAELensError(f"{path}: a fine-tuning scaling_factor other than 1 is not supported.")
     if sorted(tensors) != sorted(WEIGHT_NAMES):
-        raise SAELensError(f"{path} must hold exactly {list(WEIGHT_NAMES)} (SAELens standard or topk), got {sorted(tensors)}.")
+        raise SAELensError(
+            f"{path} must hold exactly {list(WEIGHT_NAMES)} (SAELens standard or topk), got {sorted(tensors)}."
+        )
     d_in, d_sae = cfg["d_in"], cfg["d_sae"]
     expected = {"W_enc": (d_in, d_sae), "b_enc": (d_sae,), "W_dec": (d_sae, d_in), "b_dec": (d_in,)}
     for name, shape in expected.items():

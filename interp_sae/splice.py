@@ -16,7 +16,8 @@ over a store split (`FeatureStatistics.mean`, what `interp-sae inspect` records)
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -36,8 +37,16 @@ class Splice:
     features' activations ([B, T, n] with zeros off the mask) of that pass.
     """
 
-    def __init__(self, dictionary: Dictionary, hook: str, *, with_error: bool = False, ablate: Sequence[int] = (),
-                 mode: str = "zero", means: torch.Tensor | None = None):
+    def __init__(
+        self,
+        dictionary: Dictionary,
+        hook: str,
+        *,
+        with_error: bool = False,
+        ablate: Sequence[int] = (),
+        mode: str = "zero",
+        means: torch.Tensor | None = None,
+    ):
         if mode not in ABLATION_MODES:
             raise ValueError(f"ablation mode must be one of {ABLATION_MODES}, got {mode!r}")
         n = dictionary.config.n_latents
@@ -45,17 +54,22 @@ class Splice:
         if bad:
             raise ValueError(f"features {bad} do not exist: the dictionary has features 0 … {n - 1}")
         if mode == "mean" and ablate and means is None:
-            raise ValueError("mean ablation needs the features' means: pass `means` (FeatureStatistics.mean, "
-                             "or the `mean` of each feature in an inspection JSON)")
+            raise ValueError(
+                "mean ablation needs the features' means: pass `means` (FeatureStatistics.mean, "
+                "or the `mean` of each feature in an inspection JSON)"
+            )
         device = dictionary.decoder.weight.device
         self.dictionary, self.hook, self.with_error = dictionary, hook, with_error
         self.ablate = torch.tensor(list(ablate), dtype=torch.long, device=device)
-        self.replacement = (means.to(device).float()[self.ablate] if mode == "mean" and len(ablate)
-                            else torch.zeros(len(ablate), device=device))
+        self.replacement = (
+            means.to(device).float()[self.ablate]
+            if mode == "mean" and len(ablate)
+            else torch.zeros(len(ablate), device=device)
+        )
         self.mask: torch.Tensor | None = None
         self.ablated_activations: torch.Tensor | None = None
 
-    def for_mask(self, mask: torch.Tensor) -> "Splice":
+    def for_mask(self, mask: torch.Tensor) -> Splice:
         self.mask = mask
         return self
 
@@ -89,8 +103,10 @@ def check_model_width(dictionary: Dictionary, width: int, hook: str) -> None:
 
 def zero_hook(mask: torch.Tensor) -> Callable[[torch.Tensor, Any], torch.Tensor]:
     """Zero-ablate the hook at the positions of `mask` (the other end of loss recovered)."""
+
     def fn(activation: torch.Tensor, hook: Any) -> torch.Tensor:
         return activation * ~mask.to(activation.device)[..., None]
+
     return fn
 
 
@@ -113,9 +129,18 @@ def token_losses(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def loss_recovered(lm: LanguageModel, dictionary: Dictionary, hook: str, store: ActivationStore, *,
-                   split: str = "validation", max_rows: int = 64, batch_rows: int = 8,
-                   val_fraction: float = 0.1, split_seed: int = 0) -> dict[str, Any]:
+def loss_recovered(
+    lm: LanguageModel,
+    dictionary: Dictionary,
+    hook: str,
+    store: ActivationStore,
+    *,
+    split: str = "validation",
+    max_rows: int = 64,
+    batch_rows: int = 8,
+    val_fraction: float = 0.1,
+    split_seed: int = 0,
+) -> dict[str, Any]:
     """Next-token loss clean, spliced and zero-ablated at `hook` on held-out rows of the store.
 
     fraction_recovered = (L_zero − L_spliced) / (L_zero − L_clean): 1 is a perfect dictionary,
@@ -127,9 +152,13 @@ def loss_recovered(lm: LanguageModel, dictionary: Dictionary, hook: str, store: 
     splice = Splice(dictionary, hook)
     count = 0
     for lo in range(0, len(ids), batch_rows):
-        batch, positions = ids[lo: lo + batch_rows], doc_mask[lo: lo + batch_rows].to(lm.device)
-        counted = prediction_mask(positions) & loss_mask[lo: lo + batch_rows, 1:].to(lm.device)
-        runs = {"clean": [], "spliced": [(hook, splice.for_mask(positions))], "zero_ablated": [(hook, zero_hook(positions))]}
+        batch, positions = ids[lo : lo + batch_rows], doc_mask[lo : lo + batch_rows].to(lm.device)
+        counted = prediction_mask(positions) & loss_mask[lo : lo + batch_rows, 1:].to(lm.device)
+        runs = {
+            "clean": [],
+            "spliced": [(hook, splice.for_mask(positions))],
+            "zero_ablated": [(hook, zero_hook(positions))],
+        }
         for name, hooks in runs.items():
             totals[name] += float(token_losses(run_logits(lm, batch, hooks), batch)[counted].double().sum())
         count += int(counted.sum())
@@ -147,8 +176,9 @@ def loss_recovered(lm: LanguageModel, dictionary: Dictionary, hook: str, store: 
     }
 
 
-def _held_out_rows(store: ActivationStore, split: str, max_rows: int, val_fraction: float,
-                   split_seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _held_out_rows(
+    store: ActivationStore, split: str, max_rows: int, val_fraction: float, split_seed: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(token ids, document-token mask, split mask), each [rows, ctx], of the first `max_rows`
     rows that hold tokens of `split`."""
     ids, docs, masks, taken = [], [], [], 0
@@ -164,5 +194,8 @@ def _held_out_rows(store: ActivationStore, split: str, max_rows: int, val_fracti
         taken += len(keep)
     if taken == 0:
         raise ValueError(f"split {split!r} of {store.root} holds no tokens")
-    return (torch.from_numpy(np.concatenate(ids)).long(), torch.from_numpy(np.concatenate(docs)),
-            torch.from_numpy(np.concatenate(masks)))
+    return (
+        torch.from_numpy(np.concatenate(ids)).long(),
+        torch.from_numpy(np.concatenate(docs)),
+        torch.from_numpy(np.concatenate(masks)),
+    )

@@ -46,8 +46,9 @@ def parse_overrides(settings: list[str]) -> dict[str, dict[str, Any]]:
     return overrides
 
 
-def dictionary_configs(architectures: list[str], latents: list[int], d: int,
-                       overrides: dict[str, dict[str, Any]] | None = None) -> dict[str, D.DictionaryConfig]:
+def dictionary_configs(
+    architectures: list[str], latents: list[int], d: int, overrides: dict[str, dict[str, Any]] | None = None
+) -> dict[str, D.DictionaryConfig]:
     """One config per (architecture, size); named ``arch`` or ``arch-κ`` when sizes vary."""
     overrides = overrides or {}
     unknown = sorted((set(architectures) | set(overrides)) - set(D.REGISTRY))
@@ -78,9 +79,15 @@ def store_provenance(store: ActivationStore, hook: str) -> dict[str, Any]:
         "dataset": manifest.dataset["id"],
         "context_length": manifest.context_length,
         "prepend_bos": True,  # every packed row starts with BOS
-        "harvest": {"model": manifest.model, "tokenizer": manifest.tokenizer, "dataset": manifest.dataset,
-                    "store": str(store.root.resolve()), "tokens": manifest.tokens,
-                    "valid_tokens": manifest.valid_tokens, "dtype": manifest.dtype},
+        "harvest": {
+            "model": manifest.model,
+            "tokenizer": manifest.tokenizer,
+            "dataset": manifest.dataset,
+            "store": str(store.root.resolve()),
+            "tokens": manifest.tokens,
+            "valid_tokens": manifest.valid_tokens,
+            "dtype": manifest.dtype,
+        },
     }
 
 
@@ -113,6 +120,8 @@ def train_from_store(
             f"the held-out split of {store.root} is empty ({len(train_source)} training vectors): "
             "harvest more documents or raise --val-fraction"
         )
-    metadata = {**store_provenance(store, hook),
-                "split": {"val_fraction": val_fraction, "split_seed": split_seed, "by": "document"}}
+    metadata = {
+        **store_provenance(store, hook),
+        "split": {"val_fraction": val_fraction, "split_seed": split_seed, "by": "document"},
+    }
     return D.train(configs, train_source, out, train_config, eval_source, metadata=metadata)

@@ -5,7 +5,7 @@ import pytest
 
 sys.path.append(str(Path(__file__).parent))  # tiny_models, helper scripts; after the real packages
 
-from tiny_models import build_pythia_like, build_tokenizer  # noqa: E402
+from tiny_models import build_pythia_like, build_tokenizer
 
 
 @pytest.fixture(scope="session")
@@ -42,8 +42,12 @@ def text_corpus(tmp_path_factory):
 
     path = tmp_path_factory.mktemp("corpus") / "docs.jsonl"
     lines = [
-        json.dumps({"text": f"Document {i}: the quick brown fox jumps over the lazy dog {i} times. "
-                            + "Sparse autoencoders find features. " * (i % 4 + 1)})
+        json.dumps(
+            {
+                "text": f"Document {i}: the quick brown fox jumps over the lazy dog {i} times. "
+                + "Sparse autoencoders find features. " * (i % 4 + 1)
+            }
+        )
         for i in range(30)
     ]
     path.write_text("\n".join(lines) + "\n")

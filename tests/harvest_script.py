@@ -16,8 +16,7 @@ import argparse
 import os
 import signal
 
-from activation_cache import HarvestConfig, harvest
-from activation_cache import writer, store_format
+from activation_cache import HarvestConfig, harvest, store_format, writer
 
 
 def kill_on(kind: str, nth: int) -> None:
@@ -57,9 +56,18 @@ def main() -> None:
     args = parser.parse_args()
     if args.kill and (len(args.kill) < 3 or os.environ.get("RANK", "0") == args.kill[2]):
         kill_on(args.kill[0], int(args.kill[1]))
-    config = HarvestConfig(out=args.out, model=args.model, hooks=["blocks.1.hook_resid_post", "blocks.0.hook_mlp_out"],
-                           dataset=args.corpus, tokens=args.tokens, context_length=16, shard_tokens=160, batch_size=4,
-                           store_dtype="float32", device="cpu")
+    config = HarvestConfig(
+        out=args.out,
+        model=args.model,
+        hooks=["blocks.1.hook_resid_post", "blocks.0.hook_mlp_out"],
+        dataset=args.corpus,
+        tokens=args.tokens,
+        context_length=16,
+        shard_tokens=160,
+        batch_size=4,
+        store_dtype="float32",
+        device="cpu",
+    )
     harvest(config, progress=False)
 
 

@@ -18,16 +18,44 @@ def run(*args):
 def test_help_explains_every_harvest_option():
     result = run("harvest", "--help")
     assert result.returncode == 0
-    for option in ("--out", "--model", "--revision", "--hook", "--dataset", "--tokens", "--context-length",
-                   "--batch-size", "--store-dtype", "--model-dtype", "--device", "--repair"):
+    for option in (
+        "--out",
+        "--model",
+        "--revision",
+        "--hook",
+        "--dataset",
+        "--tokens",
+        "--context-length",
+        "--batch-size",
+        "--store-dtype",
+        "--model-dtype",
+        "--device",
+        "--repair",
+    ):
         assert option in result.stdout
 
 
 @pytest.mark.slow
 def test_harvest_from_a_local_model_folder_then_verify(tmp_path, tiny_model_folder, text_corpus):
     out = tmp_path / "store"
-    args = ["harvest", "--model", tiny_model_folder, "--dataset", text_corpus, "--hook", "blocks.2.hook_resid_post",
-            "--tokens", 512, "--context-length", 32, "--shard-tokens", 256, "--out", out, "--quiet"]
+    args = [
+        "harvest",
+        "--model",
+        tiny_model_folder,
+        "--dataset",
+        text_corpus,
+        "--hook",
+        "blocks.2.hook_resid_post",
+        "--tokens",
+        512,
+        "--context-length",
+        32,
+        "--shard-tokens",
+        256,
+        "--out",
+        out,
+        "--quiet",
+    ]
     assert run(*args).returncode == 0
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["complete"] and manifest["totals"]["tokens"] == 512 and len(manifest["shards"]) == 2
@@ -75,11 +103,27 @@ app()
 @pytest.mark.slow
 def test_ctrl_c_keeps_every_complete_shard_and_the_same_command_finishes(tmp_path, tiny_model_folder, text_corpus):
     out = tmp_path / "store"
-    args = ["harvest", "--model", str(tiny_model_folder), "--dataset", str(text_corpus), "--tokens", "4096",
-            "--hook", "blocks.2.hook_resid_post",
-            "--context-length", "32", "--shard-tokens", "512", "--out", str(out), "--quiet"]
-    interrupted = subprocess.run([sys.executable, "-c", INTERRUPT_AFTER_SECOND_SHARD, *args],
-                                 capture_output=True, text=True)
+    args = [
+        "harvest",
+        "--model",
+        str(tiny_model_folder),
+        "--dataset",
+        str(text_corpus),
+        "--tokens",
+        "4096",
+        "--hook",
+        "blocks.2.hook_resid_post",
+        "--context-length",
+        "32",
+        "--shard-tokens",
+        "512",
+        "--out",
+        str(out),
+        "--quiet",
+    ]
+    interrupted = subprocess.run(
+        [sys.executable, "-c", INTERRUPT_AFTER_SECOND_SHARD, *args], capture_output=True, text=True
+    )
     assert interrupted.returncode == 130, interrupted.stderr
     assert "interrupted: every complete shard is kept; rerun the same command to resume" in interrupted.stderr
     assert "Traceback" not in interrupted.stderr

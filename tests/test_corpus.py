@@ -14,8 +14,13 @@ def test_a_folder_of_txt_jsonl_and_parquet_is_read_in_sorted_order(tmp_path):
     pq.write_table(pa.table({"body": ["third", "fourth"]}), tmp_path / "c.parquet")
     (tmp_path / "ignored.csv").write_text("x,y")
     spec = CorpusSpec(str(tmp_path), text_column="body")
-    assert list(iter_documents(spec)) == [(0, "first"), (1, "second"), (2, "the whole file is one document"),
-                                          (3, "third"), (4, "fourth")]
+    assert list(iter_documents(spec)) == [
+        (0, "first"),
+        (1, "second"),
+        (2, "the whole file is one document"),
+        (3, "third"),
+        (4, "fourth"),
+    ]
     assert list(iter_documents(spec, start=3)) == [(3, "third"), (4, "fourth")]
     assert spec.describe()["kind"] == "local"
 

@@ -8,17 +8,33 @@ import pytest
 import torch
 
 from activation_cache import (
-    ActivationStore, CorpusError, HarvestConfig, HarvestError, HookError, ShuffledBatches, harvest,
+    ActivationStore,
+    CorpusError,
+    HarvestConfig,
+    HarvestError,
+    HookError,
+    ShuffledBatches,
+    harvest,
 )
 from activation_cache.harvest_guards import store_lock
-from activation_cache.store_format import DOC_IDS, DOC_POSITIONS, TOKEN_IDS
+from activation_cache.store_format import DOC_IDS, TOKEN_IDS
 
 HOOKS = ["blocks.1.hook_resid_post", "blocks.0.hook_mlp_out"]
 
 
 def config(out, corpus, **overrides):
-    settings = dict(out=str(out), model="tiny-pythia", hooks=HOOKS, dataset=str(corpus), tokens=2000,
-                    context_length=16, shard_tokens=160, batch_size=4, store_dtype="float32", device="cpu")
+    settings = dict(
+        out=str(out),
+        model="tiny-pythia",
+        hooks=HOOKS,
+        dataset=str(corpus),
+        tokens=2000,
+        context_length=16,
+        shard_tokens=160,
+        batch_size=4,
+        store_dtype="float32",
+        device="cpu",
+    )
     settings.update(overrides)
     return HarvestConfig(**settings)
 
@@ -74,8 +90,12 @@ def test_every_document_token_is_stored_once_in_order(store, tiny_tokenizer, tex
 
 def test_shuffled_batches_cover_every_non_bos_vector_exactly_once(store):
     hook = HOOKS[0]
-    everything = torch.cat([store.load_shard(i, [hook, DOC_IDS])[hook][store.load_shard(i, [DOC_IDS])[DOC_IDS].reshape(-1) >= 0]
-                            for i in range(len(store.manifest.shards))])
+    everything = torch.cat(
+        [
+            store.load_shard(i, [hook, DOC_IDS])[hook][store.load_shard(i, [DOC_IDS])[DOC_IDS].reshape(-1) >= 0]
+            for i in range(len(store.manifest.shards))
+        ]
+    )
     for window_bytes in (1 << 30, 1):  # one window (global shuffle); one shard per window
         source = ShuffledBatches(store, hook, batch_size=64, split="all", seed=3, window_bytes=window_bytes)
         batches = list(source.batches(epoch=0))
@@ -114,8 +134,12 @@ def test_train_and_validation_split_whole_documents(store):
 
 def test_statistics_match_a_direct_computation(store):
     hook = HOOKS[0]
-    x = torch.cat([store.load_shard(i, [hook])[hook][store.load_shard(i, [DOC_IDS])[DOC_IDS].reshape(-1) >= 0]
-                   for i in range(len(store.manifest.shards))]).double()
+    x = torch.cat(
+        [
+            store.load_shard(i, [hook])[hook][store.load_shard(i, [DOC_IDS])[DOC_IDS].reshape(-1) >= 0]
+            for i in range(len(store.manifest.shards))
+        ]
+    ).double()
     stats = store.statistics(hook, split="all")
     torch.testing.assert_close(stats.mean, x.mean(0))
     torch.testing.assert_close(stats.var, x.var(0, unbiased=False))
@@ -219,8 +243,9 @@ def uninterrupted_store(tmp_path_factory, tiny_model_folder, text_corpus):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kill_on, nth", [("shard-fsync", 3), ("shard-rename", 2), ("manifest-rename", 4)])
-def test_a_killed_harvest_resumes_to_the_same_store(tmp_path, tiny_model_folder, text_corpus, uninterrupted_store,
-                                                    kill_on, nth):
+def test_a_killed_harvest_resumes_to_the_same_store(
+    tmp_path, tiny_model_folder, text_corpus, uninterrupted_store, kill_on, nth
+):
     killed = _run_harvest_script(tiny_model_folder, text_corpus, tmp_path, kill_on, nth)
     assert killed.returncode == -9, killed.stderr
     partial = json.loads((tmp_path / "manifest.json").read_text())

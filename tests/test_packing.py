@@ -16,8 +16,17 @@ def documents(start=0):
 
 
 def pack(start=PackerState(), ctx=5):
-    return list(pack_rows(documents(start.doc), fake_tokenize, context_length=ctx, bos_id=BOS, pad_id=PAD,
-                          start=start, tokenize_chunk=2))
+    return list(
+        pack_rows(
+            documents(start.doc),
+            fake_tokenize,
+            context_length=ctx,
+            bos_id=BOS,
+            pad_id=PAD,
+            start=start,
+            tokenize_chunk=2,
+        )
+    )
 
 
 def test_rows_start_with_bos_and_documents_get_separators_and_continue_across_rows():
@@ -29,9 +38,17 @@ def test_rows_start_with_bos_and_documents_get_separators_and_continue_across_ro
         [BOS, 15, PAD, PAD, PAD],  # end of corpus: padded
     ]
     assert [r[1].tolist() for r in rows] == [
-        [-1, 0, 0, 0, -1], [-1, 2, 2, 2, 2], [-1, 2, 2, 2, -1], [-1, 3, -1, -1, -1]]
+        [-1, 0, 0, 0, -1],
+        [-1, 2, 2, 2, 2],
+        [-1, 2, 2, 2, -1],
+        [-1, 3, -1, -1, -1],
+    ]
     assert [r[2].tolist() for r in rows] == [
-        [-1, 0, 1, 2, -1], [-1, 0, 1, 2, 3], [-1, 4, 5, 6, -1], [-1, 0, -1, -1, -1]]
+        [-1, 0, 1, 2, -1],
+        [-1, 0, 1, 2, 3],
+        [-1, 4, 5, 6, -1],
+        [-1, 0, -1, -1, -1],
+    ]
 
 
 def test_packing_from_any_recorded_state_reproduces_the_remaining_rows():
@@ -39,7 +56,7 @@ def test_packing_from_any_recorded_state_reproduces_the_remaining_rows():
     for k in range(len(rows)):
         resumed = pack(start=rows[k][3])
         assert len(resumed) == len(rows) - k - 1
-        for a, b in zip(resumed, rows[k + 1:]):
+        for a, b in zip(resumed, rows[k + 1 :]):
             assert all(np.array_equal(x, y) for x, y in zip(a[:3], b[:3]))
             assert a[3] == b[3]
 

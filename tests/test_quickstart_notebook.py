@@ -13,9 +13,17 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.mark.slow
 def test_quickstart_runs_harvest_train_inspect(tiny_model_folder, text_corpus, tmp_path, monkeypatch):
-    settings = {"MODEL": str(tiny_model_folder), "DATASET": str(text_corpus), "HOOK": "blocks.2.hook_resid_post",
-                "TOKENS": "4096", "CONTEXT": "32", "LATENTS": "16", "EPOCHS": "1", "OUT": str(tmp_path),
-                "DEVICE": "cpu"}
+    settings = {
+        "MODEL": str(tiny_model_folder),
+        "DATASET": str(text_corpus),
+        "HOOK": "blocks.2.hook_resid_post",
+        "TOKENS": "4096",
+        "CONTEXT": "32",
+        "LATENTS": "16",
+        "EPOCHS": "1",
+        "OUT": str(tmp_path),
+        "DEVICE": "cpu",
+    }
     for key, value in settings.items():
         monkeypatch.setenv(f"QUICKSTART_{key}", value)
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))

@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from hub.conftest import ALICE_TOKEN, hf_home, hub, online  # noqa: F401  (the local Hub server)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,17 +54,25 @@ def tiny(command: str, model: Path, corpus: Path) -> str:
     for real, small in replacements:
         command = command.replace(real, small)
     if command.startswith("interp-sae demo"):
-        command += (f" --model {model} --dataset {corpus} --hook blocks.2.hook_resid_post --tokens 4096"
-                    " --context-length 32 --latents 16 --set sae_topk.k=4 --epochs 1 --batch-size 256 --loss-rows 4")
+        command += (
+            f" --model {model} --dataset {corpus} --hook blocks.2.hook_resid_post --tokens 4096"
+            " --context-length 32 --latents 16 --set sae_topk.k=4 --epochs 1 --batch-size 256 --loss-rows 4"
+        )
     return command
 
 
 CATEGORIES = {
-    "run on tiny settings by test_readme_commands_run": lambda c: c.startswith(("interp-sae ", "torchrun --standalone")),
+    "run on tiny settings by test_readme_commands_run": lambda c: c.startswith(
+        ("interp-sae ", "torchrun --standalone")
+    ),
     "benchmarks: --help run here; each is run in full by hand and reported": lambda c: "benchmarks/" in c,
-    "make test (and make setup, which it runs) is .ci/run itself": lambda c: c in ("make test", "make setup", "make test-fast"),
+    "make test (and make setup, which it runs) is .ci/run itself": lambda c: (
+        c in ("make test", "make setup", "make test-fast")
+    ),
     "make demo = interp-sae demo, run above": lambda c: c == "make demo",
-    "GPU and manual installs: the same steps make setup runs, with another torch": lambda c: c.startswith(("make setup TORCH=", "pip install")),
+    "GPU and manual installs: the same steps make setup runs, with another torch": lambda c: c.startswith(
+        ("make setup TORCH=", "pip install")
+    ),
     "multi-node: needs several machines (the README says it was not run here)": lambda c: "--nnodes" in c,
 }
 
@@ -76,8 +83,9 @@ def test_every_readme_command_is_accounted_for():
     assert len(blocks("python")) == 1
 
 
-@pytest.mark.parametrize("script", sorted({re.search(r"benchmarks/\S+\.py", c).group(0)
-                                           for c in shell_commands() if "benchmarks/" in c}))
+@pytest.mark.parametrize(
+    "script", sorted({re.search(r"benchmarks/\S+\.py", c).group(0) for c in shell_commands() if "benchmarks/" in c})
+)
 def test_benchmark_commands_exist_and_explain_themselves(script):
     result = subprocess.run([sys.executable, str(ROOT / script), "--help"], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
@@ -102,6 +110,11 @@ def test_readme_commands_run(online, tmp_path, tiny_model_folder, text_corpus): 
     assert (tmp_path / "runs/pulled-vaease/model.safetensors").exists()
 
     (code,) = blocks("python")
-    result = subprocess.run([sys.executable, "-c", tiny(code, tiny_model_folder, text_corpus)], cwd=tmp_path,
-                            env=env, capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-c", tiny(code, tiny_model_folder, text_corpus)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stderr[-3000:]

@@ -13,9 +13,18 @@ from activation_cache.writer import ShardWriteError
 
 
 def config(out, corpus, **overrides):
-    settings = dict(out=str(out), model="tiny-pythia", hooks=["blocks.1.hook_resid_post"], dataset=str(corpus),
-                    tokens=3200, context_length=16, shard_tokens=320, batch_size=4, store_dtype="float32",
-                    device="cpu")
+    settings = dict(
+        out=str(out),
+        model="tiny-pythia",
+        hooks=["blocks.1.hook_resid_post"],
+        dataset=str(corpus),
+        tokens=3200,
+        context_length=16,
+        shard_tokens=320,
+        batch_size=4,
+        store_dtype="float32",
+        device="cpu",
+    )
     return HarvestConfig(**{**settings, **overrides})
 
 
@@ -56,11 +65,15 @@ def _nan_at_position_5(tensor, hook):
 
 def test_nan_activations_stop_with_their_location_or_are_skipped_and_counted(tmp_path, tiny_lm, text_corpus):
     with tiny_lm.bridge.hooks(fwd_hooks=[("blocks.1.hook_out", _nan_at_position_5)]):
-        with pytest.raises(HarvestError, match=r"non-finite activation at hook 'blocks\.1\.hook_resid_post', "
-                                               r"row 0, position 5 \(document 0\).*--on-nonfinite skip"):
+        with pytest.raises(
+            HarvestError,
+            match=r"non-finite activation at hook 'blocks\.1\.hook_resid_post', "
+            r"row 0, position 5 \(document 0\).*--on-nonfinite skip",
+        ):
             harvest(config(tmp_path / "stop", text_corpus, tokens=320), model=tiny_lm, progress=False)
-        manifest = harvest(config(tmp_path / "skip", text_corpus, tokens=320, on_nonfinite="skip"),
-                           model=tiny_lm, progress=False)
+        manifest = harvest(
+            config(tmp_path / "skip", text_corpus, tokens=320, on_nonfinite="skip"), model=tiny_lm, progress=False
+        )
     assert manifest.nonfinite_positions == 20  # one position in each of the 20 rows
     shard = ActivationStore(tmp_path / "skip").load_shard(0)
     assert (shard["doc_ids"][:, 5] == -1).all()
@@ -85,7 +98,9 @@ def test_a_manifest_that_points_outside_the_store_or_is_newer_is_refused(tmp_pat
     tampered = json.loads(json.dumps(original))
     tampered["shards"][1]["file"] = "../../etc/passwd"
     (tmp_path / "manifest.json").write_text(json.dumps(tampered))
-    with pytest.raises(StoreFormatError, match=r"shard 1 is named '\.\./\.\./etc/passwd', expected 'shards/shard-000001\.safetensors'"):
+    with pytest.raises(
+        StoreFormatError, match=r"shard 1 is named '\.\./\.\./etc/passwd', expected 'shards/shard-000001\.safetensors'"
+    ):
         ActivationStore(tmp_path)
 
     newer = {**original, "format_version": 99}
@@ -105,13 +120,19 @@ def test_non_utf8_text_is_named_with_a_fix(tmp_path, tiny_lm):
 def test_the_real_defaults_offline_say_what_to_do(tmp_path):
     """Pythia-70m-deduped on Pile-10k is the default; with no network it must fail fast and helpfully."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "HF_DATASETS_OFFLINE": "1"}
-    result = subprocess.run([sys.executable, "-m", "interp_sae.cli", "harvest", "--out", str(tmp_path / "store")],
-                            capture_output=True, text=True, env=env)
+    result = subprocess.run(
+        [sys.executable, "-m", "interp_sae.cli", "harvest", "--out", str(tmp_path / "store")],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert result.returncode == 2
     assert "cannot load model 'EleutherAI/pythia-70m-deduped'" in result.stderr
     assert "builtin:smollm2" in result.stderr and "HF_HUB_OFFLINE=1" in result.stderr
-    code = ("from activation_cache import CorpusSpec, iter_documents\n"
-            "next(iter_documents(CorpusSpec('NeelNanda/pile-10k')))")
+    code = (
+        "from activation_cache import CorpusSpec, iter_documents\n"
+        "next(iter_documents(CorpusSpec('NeelNanda/pile-10k')))"
+    )
     dataset = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert "CorpusError: cannot open dataset 'NeelNanda/pile-10k'" in dataset.stderr
     assert "Offline? Use a local file or folder, or 'builtin:pydoc'" in dataset.stderr

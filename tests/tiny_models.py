@@ -16,7 +16,7 @@ TRAINING_TEXT = [
 
 def build_tokenizer(vocab_size: int = 300):
     """A real byte-level BPE tokenizer with Pythia's convention: <|endoftext|> is id 0 and is BOS."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, decoders, trainers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
@@ -39,9 +39,16 @@ def build_pythia_like(vocab_size: int, d_model: int = 32, n_layers: int = 3, see
     from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
     config = GPTNeoXConfig(
-        vocab_size=vocab_size, hidden_size=d_model, num_hidden_layers=n_layers, num_attention_heads=4,
-        intermediate_size=4 * d_model, rotary_pct=0.25, use_parallel_residual=True,
-        max_position_embeddings=256, bos_token_id=0, eos_token_id=0,
+        vocab_size=vocab_size,
+        hidden_size=d_model,
+        num_hidden_layers=n_layers,
+        num_attention_heads=4,
+        intermediate_size=4 * d_model,
+        rotary_pct=0.25,
+        use_parallel_residual=True,
+        max_position_embeddings=256,
+        bos_token_id=0,
+        eos_token_id=0,
     )
     torch.manual_seed(seed)
     return GPTNeoXForCausalLM(config).eval()

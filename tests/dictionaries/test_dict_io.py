@@ -9,8 +9,13 @@ from safetensors.torch import load_file, save_file
 import dictionaries as D
 
 CONFIGS = {
-    "vaease": {}, "vae": {"encoder": "mlp", "encoder_layers": 2}, "sae_l1": {}, "sae_log": {},
-    "sae_topk": {"k": 3}, "wsae": {"encoder": "topk", "k": 3, "estimator": "kurtosis"}, "topk_aux": {"k": 3},
+    "vaease": {},
+    "vae": {"encoder": "mlp", "encoder_layers": 2},
+    "sae_l1": {},
+    "sae_log": {},
+    "sae_topk": {"k": 3},
+    "wsae": {"encoder": "topk", "k": 3, "estimator": "kurtosis"},
+    "topk_aux": {"k": 3},
 }
 
 
@@ -78,7 +83,9 @@ def test_unknown_config_field_is_refused(saved):
 
 def test_shape_mismatch_is_refused(saved):
     edit_header(saved, config={"d": 4, "n_latents": 5})
-    with pytest.raises(ValueError, match=r"decoder.weight has shape \(4, 3\) but the config \(d=4, n_latents=5\) needs \(4, 5\)"):
+    with pytest.raises(
+        ValueError, match=r"decoder.weight has shape \(4, 3\) but the config \(d=4, n_latents=5\) needs \(4, 5\)"
+    ):
         D.load_dictionary(saved)
 
 
@@ -99,5 +106,7 @@ def test_provenance_metadata_is_saved_and_reloaded(tmp_path):
     model = D.create(D.make_config("sae_l1", d=4, n_latents=8), seed=0)
     D.save_dictionary(model, tmp_path, metadata={"hook_name": "blocks.3.hook_resid_post", "context_length": 128})
     assert json.loads((tmp_path / "config.json").read_text())["metadata"] == {
-        "hook_name": "blocks.3.hook_resid_post", "context_length": 128}
+        "hook_name": "blocks.3.hook_resid_post",
+        "context_length": 128,
+    }
     assert D.load_dictionary(tmp_path).metadata == {"hook_name": "blocks.3.hook_resid_post", "context_length": 128}

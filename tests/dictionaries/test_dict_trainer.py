@@ -31,10 +31,16 @@ def read_log(out_dir, event):
 @pytest.mark.slow
 def test_vaease_lowers_the_loss_and_finds_the_subspace_dimension(tmp_path):
     train, test = D.train_test_split(subspace_data(6000), 0.1)
-    config = D.TrainConfig(epochs=16, lr=1e-2, schedule=D.ScheduleConfig(kind="constant"),
-                           progress=False, log_every=42, checkpoint_every=0)
-    result = D.train({"vaease": D.make_config("vaease", d=8, n_latents=6, init_log_gamma=-0.5)},
-                     D.TensorBatchSource(train, 128), tmp_path, config, D.TensorBatchSource(test, 200, shuffle=False))
+    config = D.TrainConfig(
+        epochs=16, lr=1e-2, schedule=D.ScheduleConfig(kind="constant"), progress=False, log_every=42, checkpoint_every=0
+    )
+    result = D.train(
+        {"vaease": D.make_config("vaease", d=8, n_latents=6, init_log_gamma=-0.5)},
+        D.TensorBatchSource(train, 128),
+        tmp_path,
+        config,
+        D.TensorBatchSource(test, 200, shuffle=False),
+    )
     losses = [r["loss"] for r in read_log(tmp_path, "train")]
     assert losses[-1] < losses[0] - 5
     metrics = result.metrics["vaease"]
@@ -114,8 +120,13 @@ class InterruptedSource:
 
 
 ALL_ARCHS = {
-    "vaease": {"init_log_gamma": -0.5}, "vae": {"encoder": "mlp", "encoder_layers": 2}, "sae_l1": {}, "sae_log": {},
-    "sae_topk": {"k": 2}, "wsae": {"estimator": "kurtosis"}, "topk_aux": {"k": 2, "aux_k": 3, "dead_after_tokens": 32},
+    "vaease": {"init_log_gamma": -0.5},
+    "vae": {"encoder": "mlp", "encoder_layers": 2},
+    "sae_l1": {},
+    "sae_log": {},
+    "sae_topk": {"k": 2},
+    "wsae": {"estimator": "kurtosis"},
+    "topk_aux": {"k": 2, "aux_k": 3, "dead_after_tokens": 32},
 }
 
 
@@ -130,8 +141,9 @@ def test_resume_in_process_equals_uninterrupted_for_every_architecture(tmp_path)
     straight = D.train(configs, source, tmp_path / "straight", config)
     assert read_log(tmp_path / "resumed", "resume")[0]["step"] == 16
     for name in configs:
-        for (key, a), b in zip(resumed.dictionaries[name].state_dict().items(),
-                               straight.dictionaries[name].state_dict().values()):
+        for (key, a), b in zip(
+            resumed.dictionaries[name].state_dict().items(), straight.dictionaries[name].state_dict().values()
+        ):
             assert torch.equal(a, b), (name, key)
         assert resumed.metrics[name] == straight.metrics[name]
 
@@ -146,8 +158,9 @@ def test_resume_refuses_a_different_run(tmp_path):
 def run_script(out_dir, *kill):
     script = Path(__file__).with_name("resume_run.py")
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
-    return subprocess.run([sys.executable, str(script), str(out_dir), *map(str, kill)], env=env,
-                          capture_output=True, text=True)
+    return subprocess.run(
+        [sys.executable, str(script), str(out_dir), *map(str, kill)], env=env, capture_output=True, text=True
+    )
 
 
 @pytest.fixture(scope="module")
@@ -159,8 +172,9 @@ def uninterrupted_run(tmp_path_factory):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kill_on, resumed_from", [("checkpoint-written", 20), ("checkpoint-renamed", 30)])
-def test_killed_training_resumes_and_ends_where_an_uninterrupted_run_ends(tmp_path, uninterrupted_run, kill_on,
-                                                                          resumed_from):
+def test_killed_training_resumes_and_ends_where_an_uninterrupted_run_ends(
+    tmp_path, uninterrupted_run, kill_on, resumed_from
+):
     killed = run_script(tmp_path, kill_on, 3)  # during/after the 3rd checkpoint write (steps 10, 20, 30)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     _, state = load_checkpoint(tmp_path / D.trainer.CHECKPOINT_FILE)

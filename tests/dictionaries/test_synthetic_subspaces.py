@@ -32,13 +32,18 @@ def test_vaease_active_dimensions_track_each_subspace_and_the_vae_uses_their_uni
     x, labels = make_data(40, dims, 40_000, noise=0.0, seed=0)
     test, test_labels, train = x[:4000], labels[:4000], x[4000:]
     vae = dict(d=40, n_latents=20, encoder="mlp", encoder_layers=4, init_log_gamma=-0.5)
-    config = D.TrainConfig(epochs=12, lr=1e-2, schedule=D.ScheduleConfig(t0=10), progress=False,
-                           log_every=10_000, checkpoint_every=0)
+    config = D.TrainConfig(
+        epochs=12, lr=1e-2, schedule=D.ScheduleConfig(t0=10), progress=False, log_every=10_000, checkpoint_every=0
+    )
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny matmuls: faster on one thread, and the CPU is shared
     try:
-        result = D.train({"vaease": D.make_config("vaease", **vae), "vae": D.make_config("vae", **vae)},
-                         D.TensorBatchSource(train, 256), tmp_path, config)
+        result = D.train(
+            {"vaease": D.make_config("vaease", **vae), "vae": D.make_config("vae", **vae)},
+            D.TensorBatchSource(train, 256),
+            tmp_path,
+            config,
+        )
     finally:
         torch.set_num_threads(threads)
     ad = {}

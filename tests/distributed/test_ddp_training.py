@@ -16,12 +16,18 @@ ENV = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2]), "OM
 
 
 def torchrun(*args, nproc=2):
-    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-                           *map(str, args)], capture_output=True, text=True, env=ENV)
+    return subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=ENV,
+    )
 
 
 def test_two_ranks_train_what_one_process_trains(tmp_path):
-    single = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path / "single")], capture_output=True, text=True, env=ENV)
+    single = subprocess.run(
+        [sys.executable, str(SCRIPT), str(tmp_path / "single")], capture_output=True, text=True, env=ENV
+    )
     assert single.returncode == 0, single.stderr
     ddp = torchrun(SCRIPT, tmp_path / "ddp")
     assert ddp.returncode == 0, ddp.stderr[-3000:]

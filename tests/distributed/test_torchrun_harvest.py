@@ -18,8 +18,11 @@ ENV = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2]), "OM
 
 
 def run(model, corpus, out, *kill, tokens=2000, nproc=2):
-    launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
-                if nproc > 1 else [sys.executable])
+    launcher = (
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+        if nproc > 1
+        else [sys.executable]
+    )
     args = [str(SCRIPT), str(model), str(corpus), str(out), *map(str, kill), "--tokens", str(tokens)]
     return subprocess.run(launcher + args, capture_output=True, text=True, env=ENV)
 
@@ -29,7 +32,9 @@ def documents(root):
     store, docs = ActivationStore(root), defaultdict(dict)
     for index in range(len(store.manifest.shards)):
         arrays = store.token_arrays(index)
-        for doc, pos, token in zip(arrays["doc_ids"].ravel(), arrays["doc_positions"].ravel(), arrays["token_ids"].ravel()):
+        for doc, pos, token in zip(
+            arrays["doc_ids"].ravel(), arrays["doc_positions"].ravel(), arrays["token_ids"].ravel()
+        ):
             if doc >= 0:
                 assert pos not in docs[int(doc)], f"document {doc} position {pos} stored twice"
                 docs[int(doc)][int(pos)] = int(token)
@@ -37,7 +42,9 @@ def documents(root):
 
 
 def test_two_processes_store_every_document_once(tmp_path, tiny_model_folder, text_corpus):
-    assert (single := run(tiny_model_folder, text_corpus, tmp_path / "single", tokens=10**6, nproc=1)).returncode == 0, single.stderr
+    assert (
+        single := run(tiny_model_folder, text_corpus, tmp_path / "single", tokens=10**6, nproc=1)
+    ).returncode == 0, single.stderr
     result = run(tiny_model_folder, text_corpus, tmp_path / "two", tokens=10**6)
     assert result.returncode == 0, result.stderr[-3000:]
     store = ActivationStore(tmp_path / "two")
@@ -45,8 +52,10 @@ def test_two_processes_store_every_document_once(tmp_path, tiny_model_folder, te
     assert manifest.complete and manifest.streams == 2 and {s.stream for s in manifest.shards} == {0, 1}
     assert store.verify() == []
     assert documents(tmp_path / "two") == documents(tmp_path / "single")  # each document once, whole
-    assert len(ShuffledBatches(store, "blocks.1.hook_resid_post", 64, split="all")) == \
-        ActivationStore(tmp_path / "single").manifest.valid_tokens
+    assert (
+        len(ShuffledBatches(store, "blocks.1.hook_resid_post", 64, split="all"))
+        == ActivationStore(tmp_path / "single").manifest.valid_tokens
+    )
 
 
 def test_a_killed_rank_resumes_to_the_uninterrupted_store(tmp_path, tiny_model_folder, text_corpus):

@@ -167,7 +167,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.hub._connections.discard(self.connection)
         super().finish()
 
-    def log_message(self, format, *args) -> None:  # noqa: A002 - keep test output quiet
+    def log_message(self, format, *args) -> None:
         pass
 
     def do_GET(self) -> None:
@@ -391,7 +391,9 @@ class _ApiRoutes(_Handler):
                     "verify": {"href": f"{self.hub.endpoint}/{repo_id}.git/info/lfs/objects/verify"},
                 }
             objects.append(entry)
-        return _json({"transfer": "basic", "objects": objects}, headers={"Content-Type": "application/vnd.git-lfs+json"})
+        return _json(
+            {"transfer": "basic", "objects": objects}, headers={"Content-Type": "application/vnd.git-lfs+json"}
+        )
 
     def _lfs_verify(self, user: str | None, repo_id: str, payload: dict):
         self._writable(user, repo_id)
@@ -436,7 +438,9 @@ class _ApiRoutes(_Handler):
             pr_url = f"{self.hub.endpoint}/{repo_id}/discussions/{repo.pull_requests}"
         else:
             repo.refs[revision] = oid
-        return _json({"commitUrl": f"{self.hub.endpoint}/{repo_id}/commit/{oid}", "commitOid": oid, "pullRequestUrl": pr_url})
+        return _json(
+            {"commitUrl": f"{self.hub.endpoint}/{repo_id}/commit/{oid}", "commitOid": oid, "pullRequestUrl": pr_url}
+        )
 
     # ---- download -----------------------------------------------------------------------------
 
@@ -458,7 +462,11 @@ class _ApiRoutes(_Handler):
 def _tree_file(path: str, stored: StoredFile) -> dict:
     entry = {"type": "file", "oid": stored.git_oid, "size": stored.size, "path": path}
     if stored.is_lfs:
-        entry["lfs"] = {"oid": stored.sha256, "size": stored.size, "pointerSize": len(lfs_pointer(stored.sha256, stored.size))}
+        entry["lfs"] = {
+            "oid": stored.sha256,
+            "size": stored.size,
+            "pointerSize": len(lfs_pointer(stored.sha256, stored.size)),
+        }
     return entry
 
 
@@ -468,7 +476,9 @@ class _CdnRoutes(_Handler):
     def route(self, method: str, body: bytes):
         if "Authorization" in self.headers:
             self.hub.cdn_authorized_requests.append(f"{method} {self.path}")
-        if len(self.segments) != 2 or not hmac.compare_digest(self.query.get("signature", ""), self.hub.sign(self.segments[1])):
+        if len(self.segments) != 2 or not hmac.compare_digest(
+            self.query.get("signature", ""), self.hub.sign(self.segments[1])
+        ):
             raise ErrorResponse(403, "Missing or wrong URL signature")
         kind, sha256 = self.segments
         if method == "PUT" and kind == "upload":

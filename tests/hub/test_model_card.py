@@ -51,7 +51,9 @@ def test_card_text():
         model_card.summarize(TOPK, "layer_3"),
     ]
 
-    assert model_card.render_card("alice/gpt2-saes", entries) == """---
+    assert (
+        model_card.render_card("alice/gpt2-saes", entries)
+        == """---
 base_model: gpt2
 datasets:
 - NeelNanda/pile-10k
@@ -83,6 +85,7 @@ from interp_sae.hub import download
 folder = download("alice/gpt2-saes", subfolder="layer_3")
 ```
 """
+    )
 
 
 def test_card_metadata_as_the_hub_reads_it():
@@ -120,7 +123,11 @@ def test_index_round_trip_and_merge():
     merged = model_card.merge_entries(model_card.index_entries(model_card.build_index(old)), new)
     index = model_card.build_index(merged)
 
-    assert [(e["subfolder"], e["d"]) for e in index["dictionaries"]] == [("layer_3", 768), ("layer_4", 1), ("layer_10", 768)]
+    assert [(e["subfolder"], e["d"]) for e in index["dictionaries"]] == [
+        ("layer_3", 768),
+        ("layer_4", 1),
+        ("layer_10", 768),
+    ]
     assert model_card.index_entries(index) == index["dictionaries"]
 
 
@@ -128,7 +135,10 @@ def test_index_round_trip_and_merge():
     ("index", "error"),
     [
         ({"dictionaries": []}, "not an interp-sae index"),
-        ({"library_name": "interp-sae", "index_version": 2, "dictionaries": []}, "index version 2 (this version reads 1)"),
+        (
+            {"library_name": "interp-sae", "index_version": 2, "dictionaries": []},
+            "index version 2 (this version reads 1)",
+        ),
     ],
 )
 def test_index_from_elsewhere_or_a_newer_version_is_refused(index, error):

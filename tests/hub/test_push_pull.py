@@ -33,7 +33,13 @@ def test_single_dictionary_round_trips_exactly_through_lfs(online, tmp_path):
 
     repo = online.repos["alice/sae"]
     assert repo.refs["main"] == commit.oid
-    assert sorted(repo.commits[commit.oid]) == [".gitattributes", "README.md", "config.json", "index.json", "model.safetensors"]
+    assert sorted(repo.commits[commit.oid]) == [
+        ".gitattributes",
+        "README.md",
+        "config.json",
+        "index.json",
+        "model.safetensors",
+    ]
     assert online.lfs_committed_paths == ["model.safetensors"]  # the weights took the LFS path
     assert cache_files() == []  # pushing leaves the cache empty: the pull below starts from nothing
 
@@ -47,7 +53,9 @@ def test_single_dictionary_round_trips_exactly_through_lfs(online, tmp_path):
 
 def test_two_dictionaries_go_in_one_commit_and_one_is_pulled_by_subfolder(online, tmp_path):
     make_dictionary(tmp_path / "sweep" / "layer_0", seed=0, **{**CONFIG, "hook_name": "blocks.0.hook_resid_post"})
-    tensors_1 = make_dictionary(tmp_path / "sweep" / "layer_1", seed=1, **{**CONFIG, "hook_name": "blocks.1.hook_resid_post"})
+    tensors_1 = make_dictionary(
+        tmp_path / "sweep" / "layer_1", seed=1, **{**CONFIG, "hook_name": "blocks.1.hook_resid_post"}
+    )
 
     commit = push_to_hub(tmp_path / "sweep", "alice/sweep", commit_message="Two layers")
 
@@ -63,7 +71,11 @@ def test_two_dictionaries_go_in_one_commit_and_one_is_pulled_by_subfolder(online
 
     assert folder.name == "layer_1"
     assert_same_tensors(load_file(folder / "model.safetensors"), tensors_1)
-    assert sorted(p.name for p in folder.parent.iterdir()) == ["README.md", "index.json", "layer_1"]  # layer_0 not fetched
+    assert sorted(p.name for p in folder.parent.iterdir()) == [
+        "README.md",
+        "index.json",
+        "layer_1",
+    ]  # layer_0 not fetched
 
 
 def test_list_of_folders_go_under_their_names(online, tmp_path):

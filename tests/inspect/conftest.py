@@ -12,8 +12,18 @@ N_FEATURES = 64
 @pytest.fixture(scope="session")
 def tiny_store(tmp_path_factory, tiny_lm, text_corpus):
     out = tmp_path_factory.mktemp("inspect-store")
-    config = HarvestConfig(out=str(out), model="tiny-pythia", hooks=[HOOK], dataset=str(text_corpus), tokens=100_000,
-                           context_length=32, shard_tokens=320, batch_size=8, store_dtype="float32", device="cpu")
+    config = HarvestConfig(
+        out=str(out),
+        model="tiny-pythia",
+        hooks=[HOOK],
+        dataset=str(text_corpus),
+        tokens=100_000,
+        context_length=32,
+        shard_tokens=320,
+        batch_size=8,
+        store_dtype="float32",
+        device="cpu",
+    )
     harvest(config, model=tiny_lm, progress=False)
     return ActivationStore(out)
 
@@ -50,9 +60,19 @@ def inspection(tiny_store, sae_folder, tiny_lm):
     from interp_sae.inspector import InspectConfig, inspect
 
     sae = D.load_dictionary(sae_folder)
-    results = inspect(tiny_store, sae, config=InspectConfig(top_k=5, window=4, split="all"), lm=tiny_lm,
-                      dictionary_path=str(sae_folder))
+    results = inspect(
+        tiny_store,
+        sae,
+        config=InspectConfig(top_k=5, window=4, split="all"),
+        lm=tiny_lm,
+        dictionary_path=str(sae_folder),
+    )
     feature = next(f["feature"] for f in results["features"] if f["top_examples"])
-    with_ablation = inspect(tiny_store, sae, config=InspectConfig(top_k=5, window=4, split="all", ablate=[feature]),
-                            lm=tiny_lm, dictionary_path=str(sae_folder))
+    with_ablation = inspect(
+        tiny_store,
+        sae,
+        config=InspectConfig(top_k=5, window=4, split="all", ablate=[feature]),
+        lm=tiny_lm,
+        dictionary_path=str(sae_folder),
+    )
     return with_ablation, feature

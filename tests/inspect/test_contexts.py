@@ -3,8 +3,8 @@
 import json
 
 import torch
-
 from conftest import HOOK
+
 from interp_sae.inspect_contexts import MARK_CLOSE, MARK_OPEN, top_contexts
 from interp_sae.inspect_stats import feature_statistics
 

@@ -14,10 +14,12 @@ def test_logit_effects_equal_a_hand_computation(tiny_lm, tiny_model_folder, sae)
     ln_weight = hf.gpt_neox.final_layer_norm.weight.detach()
     unembed = hf.get_output_embeddings().weight.detach()  # [vocab, d]
     directions = sae.feature_directions.detach()
-    expected = torch.stack([
-        (((v - v.mean()) * ln_weight) @ unembed.T) - (((v - v.mean()) * ln_weight) @ unembed.T).mean()
-        for v in directions
-    ])
+    expected = torch.stack(
+        [
+            (((v - v.mean()) * ln_weight) @ unembed.T) - (((v - v.mean()) * ln_weight) @ unembed.T).mean()
+            for v in directions
+        ]
+    )
     torch.testing.assert_close(unembed_directions(tiny_lm, directions), expected, rtol=1e-5, atol=1e-6)
 
     effects = logit_effects(tiny_lm, directions, top_n=4)

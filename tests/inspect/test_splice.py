@@ -2,9 +2,9 @@
 
 import pytest
 import torch
+from conftest import HOOK
 
 import dictionaries as D
-from conftest import HOOK
 from interp_sae.ablation import ablate, text_sequence
 from interp_sae.splice import Splice, loss_recovered, prediction_mask, run_logits, token_losses
 
@@ -23,6 +23,7 @@ def recorded_output(lm, ids, hooks):
     def record(activation, hook):
         seen["out"] = activation.clone()
         return activation
+
     run_logits(lm, ids, hooks + [(HOOK, record)])
     return seen["out"]
 
@@ -42,8 +43,11 @@ def test_ablating_a_feature_changes_the_hook_output_by_its_decoder_contribution(
     j = 7
     means = torch.linspace(-1, 1, vaease.config.n_latents)
     baseline = recorded_output(tiny_lm, ids, [(HOOK, Splice(vaease, HOOK, with_error=with_error).for_mask(mask))])
-    ablated = recorded_output(tiny_lm, ids, [(HOOK, Splice(vaease, HOOK, with_error=with_error, ablate=[j], mode=mode,
-                                                            means=means).for_mask(mask))])
+    ablated = recorded_output(
+        tiny_lm,
+        ids,
+        [(HOOK, Splice(vaease, HOOK, with_error=with_error, ablate=[j], mode=mode, means=means).for_mask(mask))],
+    )
     clean = recorded_output(tiny_lm, ids, [])
     f = vaease.encode(clean[mask])[:, j]
     target = means[j] if mode == "mean" else 0.0

@@ -2,20 +2,32 @@
 
 import pytest
 import torch
+from conftest import HOOK
 
 import dictionaries as D
-from conftest import HOOK
 from interp_sae.inspect_stats import (
-    HISTOGRAM_EDGES, FeatureAccumulator, encode_batch, feature_statistics, pack_keys, rank_scores, split_batches,
+    HISTOGRAM_EDGES,
+    FeatureAccumulator,
+    encode_batch,
+    feature_statistics,
+    pack_keys,
+    rank_scores,
+    split_batches,
     unpack_keys,
 )
 
 
-def brute_force_top_k(scores: torch.Tensor, fires: torch.Tensor, indices: torch.Tensor,
-                      k: int) -> list[list[tuple[float, int]]]:
+def brute_force_top_k(
+    scores: torch.Tensor, fires: torch.Tensor, indices: torch.Tensor, k: int
+) -> list[list[tuple[float, int]]]:
     """Per feature, over the tokens it fires on: (score, index) by score descending, then index ascending."""
-    return [sorted([(s, i) for s, i, f in zip(column.tolist(), indices.tolist(), fired.tolist()) if f],
-                   key=lambda p: (-p[0], p[1]))[:k] for column, fired in zip(scores.T, fires.T)]
+    return [
+        sorted(
+            [(s, i) for s, i, f in zip(column.tolist(), indices.tolist(), fired.tolist()) if f],
+            key=lambda p: (-p[0], p[1]),
+        )[:k]
+        for column, fired in zip(scores.T, fires.T)
+    ]
 
 
 def streamed(acc_result):
@@ -61,15 +73,20 @@ def test_top_k_larger_than_the_data_lists_every_token_once():
     assert result.top_indices == [[11, 10]] and result.top_scores == [[2.0, 1.0]]
 
 
-@pytest.mark.parametrize("architecture,rank_by", [("sae_l1", "value"), ("sae_l1", "abs"), ("vaease", "value"),
-                                                  ("vaease", "abs"), ("vaease", "one_minus_sigma")])
+@pytest.mark.parametrize(
+    "architecture,rank_by",
+    [("sae_l1", "value"), ("sae_l1", "abs"), ("vaease", "value"), ("vaease", "abs"), ("vaease", "one_minus_sigma")],
+)
 def test_store_pass_equals_brute_force_on_the_whole_split(tiny_store, sae, vaease, architecture, rank_by):
     dictionary = sae if architecture == "sae_l1" else vaease
     batch_size = 100
-    stats = feature_statistics(tiny_store, dictionary, HOOK, split="validation", top_k=7, rank_by=rank_by,
-                               batch_size=batch_size)
-    parts = [(encode_batch(dictionary, x), i) for x, i in
-             split_batches(tiny_store, HOOK, "validation", batch_size, torch.device("cpu"))]
+    stats = feature_statistics(
+        tiny_store, dictionary, HOOK, split="validation", top_k=7, rank_by=rank_by, batch_size=batch_size
+    )
+    parts = [
+        (encode_batch(dictionary, x), i)
+        for x, i in split_batches(tiny_store, HOOK, "validation", batch_size, torch.device("cpu"))
+    ]
     features = torch.cat([p[0][0] for p in parts])
     fires = torch.cat([p[0][1] for p in parts])
     log_var = torch.cat([p[0][2] for p in parts]) if dictionary.variational else None
@@ -81,8 +98,9 @@ def test_store_pass_equals_brute_force_on_the_whole_split(tiny_store, sae, vaeas
     torch.testing.assert_close(stats.mean, features.double().mean(0).float())
     assert torch.equal(stats.max, features.max(0).values) and torch.equal(stats.min, features.min(0).values)
     bins = torch.bucketize(features, torch.tensor(HISTOGRAM_EDGES), right=True)
-    expected = torch.stack([torch.bincount(bins[fires[:, j], j], minlength=len(HISTOGRAM_EDGES) + 1)
-                            for j in range(features.shape[1])])
+    expected = torch.stack(
+        [torch.bincount(bins[fires[:, j], j], minlength=len(HISTOGRAM_EDGES) + 1) for j in range(features.shape[1])]
+    )
     assert torch.equal(stats.histogram, expected)
     if rank_by == "value" and architecture == "vaease":
         assert (features < 0).any()  # the signed case is really exercised

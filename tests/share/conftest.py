@@ -5,9 +5,9 @@ from __future__ import annotations
 import pickle
 
 import torch
+from hub.conftest import hf_home, hub, online  # noqa: F401  (the local Hub server, reused from tests/hub)
 
 import dictionaries
-from hub.conftest import hf_home, hub, online  # noqa: F401  (the local Hub server, reused from tests/hub)
 
 D, N_LATENTS, K = 6, 12, 3
 # name -> (architecture, config fields, SAELens architecture, apply_b_dec_to_input, architecture it imports back as)

@@ -42,7 +42,9 @@ def test_push_then_pull_into_a_folder(online, tmp_path):
     for name, model in models.items():
         dictionaries.save_dictionary(model, tmp_path / "run" / name)
 
-    pushed = run("push", "alice/sweep", tmp_path / "run" / "layer_0", tmp_path / "run" / "layer_1", "--message", "Two layers")
+    pushed = run(
+        "push", "alice/sweep", tmp_path / "run" / "layer_0", tmp_path / "run" / "layer_1", "--message", "Two layers"
+    )
     pulled = run("pull", "alice/sweep", "--subfolder", "layer_1", "--out", tmp_path / "pulled")
 
     assert pushed.exit_code == 0, pushed.output
@@ -76,7 +78,15 @@ def test_export_with_an_inspection_then_import(tmp_path):
     (tmp_path / "inspection").mkdir()
     (tmp_path / "inspection" / "inspection.json").write_text(json.dumps(inspection))
 
-    exported = run("export-saelens", tmp_path / "sae", tmp_path / "sl", "--inspection", tmp_path / "inspection", "--context-size", "128")
+    exported = run(
+        "export-saelens",
+        tmp_path / "sae",
+        tmp_path / "sl",
+        "--inspection",
+        tmp_path / "inspection",
+        "--context-size",
+        "128",
+    )
     imported = run("import-saelens", tmp_path / "sl", tmp_path / "back")
 
     assert (exported.exit_code, exported.stdout) == (0, f"{tmp_path / 'sl'}\n"), exported.output
@@ -100,7 +110,9 @@ def test_errors_are_red_on_stderr_with_exit_code_2(tmp_path):
     colored = run("export-saelens", tmp_path / "vaease", tmp_path / "sl", color=True)
 
     assert result.exit_code == 2 and result.stdout == ""
-    assert result.stderr.startswith("error: Cannot export a vaease dictionary to SAELens: VAEase's code is the gated mean")
+    assert result.stderr.startswith(
+        "error: Cannot export a vaease dictionary to SAELens: VAEase's code is the gated mean"
+    )
     assert colored.stderr.startswith("\x1b[31merror: Cannot export a vaease")
 
 
@@ -111,7 +123,10 @@ def test_push_without_a_token_fails_clearly(online, tmp_path, monkeypatch):
     result = run("push", "alice/sae", tmp_path / "sae")
 
     assert result.exit_code == 2
-    assert result.stderr == "error: No Hugging Face token found, and pushing needs one with write access: run `hf auth login` or set HF_TOKEN.\n"
+    assert (
+        result.stderr
+        == "error: No Hugging Face token found, and pushing needs one with write access: run `hf auth login` or set HF_TOKEN.\n"
+    )
     assert online.repos == {}
 
 
@@ -122,4 +137,7 @@ def test_pull_refuses_a_folder_that_is_not_empty(hf_home, tmp_path):
 
     result = run("pull", tmp_path / "sae", "--out", tmp_path / "busy")
 
-    assert (result.exit_code, result.stderr) == (2, f"error: --out {tmp_path / 'busy'} is not empty: choose a new or empty folder.\n")
+    assert (result.exit_code, result.stderr) == (
+        2,
+        f"error: --out {tmp_path / 'busy'} is not empty: choose a new or empty folder.\n",
+    )

@@ -50,10 +50,15 @@ def test_push_then_from_pretrained_into_an_empty_cache(online, tmp_path):
 def test_a_dictionary_from_a_newer_format_version_is_refused(online, tmp_path):
     dictionaries.save_dictionary(make_model("sae_l1", 1.0), tmp_path / "sae")
     config_path = tmp_path / "sae" / "config.json"
-    config_path.write_text(json.dumps({**json.loads(config_path.read_text()), "format_version": dictionaries.FORMAT_VERSION + 1}))
+    config_path.write_text(
+        json.dumps({**json.loads(config_path.read_text()), "format_version": dictionaries.FORMAT_VERSION + 1})
+    )
     push_to_hub(tmp_path / "sae", "alice/future")
 
-    with pytest.raises(HubError, match=f"^Cannot load the dictionary in .*format_version {dictionaries.FORMAT_VERSION + 1} is not supported"):
+    with pytest.raises(
+        HubError,
+        match=f"^Cannot load the dictionary in .*format_version {dictionaries.FORMAT_VERSION + 1} is not supported",
+    ):
         from_pretrained("alice/future")
 
 
@@ -67,7 +72,9 @@ def test_pickled_weights_are_refused_and_never_unpickled(hf_home, tmp_path):
     with pytest.raises(HubError) as missing:
         from_pretrained(folder)
     (folder / "model.safetensors").write_bytes((folder / "model.bin").read_bytes())  # a pickle under the expected name
-    with pytest.raises(HubError, match=f"^{re.escape(str(folder / 'model.safetensors'))} is not a valid safetensors file"):
+    with pytest.raises(
+        HubError, match=f"^{re.escape(str(folder / 'model.safetensors'))} is not a valid safetensors file"
+    ):
         from_pretrained(folder)
 
     assert str(missing.value) == (

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 import dictionaries
 from interp_sae.saelens import SAELensError, export_saelens, import_saelens
 
-from .conftest import EXPORTABLE, K, N_LATENTS, D, inputs, make_model, saelens_decode, saelens_encode
+from .conftest import EXPORTABLE, N_LATENTS, D, K, inputs, make_model, saelens_decode, saelens_encode
 
 REFUSED = {"vaease", "vae"}
 
@@ -100,7 +100,9 @@ def test_export_then_import_reproduces_our_outputs_exactly(name, tmp_path):
     ],
 )  # fmt: skip
 def test_variational_dictionaries_are_refused_with_the_reason(architecture, reason, tmp_path):
-    dictionaries.save_dictionary(dictionaries.create(dictionaries.make_config(architecture, d=D, n_latents=N_LATENTS)), tmp_path / "v")
+    dictionaries.save_dictionary(
+        dictionaries.create(dictionaries.make_config(architecture, d=D, n_latents=N_LATENTS)), tmp_path / "v"
+    )
 
     with pytest.raises(SAELensError) as caught:
         export_saelens(tmp_path / "v", tmp_path / "out")
@@ -127,9 +129,15 @@ def test_sparsity_file_holds_log10_of_the_firing_frequency(tmp_path):
 @pytest.mark.parametrize(
     ("frequency", "message"),
     [
-        (torch.zeros(N_LATENTS + 1), f"firing_frequency must have shape ({N_LATENTS},), one per feature, got ({N_LATENTS + 1},)."),
+        (
+            torch.zeros(N_LATENTS + 1),
+            f"firing_frequency must have shape ({N_LATENTS},), one per feature, got ({N_LATENTS + 1},).",
+        ),
         (torch.full((N_LATENTS,), 1.5), "firing_frequency must hold fractions of tokens, each in [0, 1] (and no NaN)."),
-        (torch.full((N_LATENTS,), float("nan")), "firing_frequency must hold fractions of tokens, each in [0, 1] (and no NaN)."),
+        (
+            torch.full((N_LATENTS,), float("nan")),
+            "firing_frequency must hold fractions of tokens, each in [0, 1] (and no NaN).",
+        ),
     ],
 )
 def test_firing_frequencies_are_checked(frequency, message, tmp_path):
@@ -144,7 +152,9 @@ def test_metadata_comes_from_the_config_and_given_values_win(tmp_path):
                   "dataset": "NeelNanda/pile-10k", "context_length": 128, "prepend_bos": True}  # fmt: skip
     config_path.write_text(json.dumps({**json.loads(config_path.read_text()), "metadata": provenance}))
 
-    export_saelens(tmp_path / "ours", tmp_path / "saelens", metadata={"hook_name": "blocks.4.hook_resid_post", "model_name": None})
+    export_saelens(
+        tmp_path / "ours", tmp_path / "saelens", metadata={"hook_name": "blocks.4.hook_resid_post", "model_name": None}
+    )
 
     assert json.loads((tmp_path / "saelens" / "cfg.json").read_text())["metadata"] == {
         "sae_lens_version": "6.0.0", "hook_name": "blocks.4.hook_resid_post", "model_name": "EleutherAI/pythia-70m-deduped",

@@ -14,7 +14,7 @@ import dictionaries
 from interp_sae import model_card
 from interp_sae.saelens import SAELensError, import_saelens
 
-from .conftest import D, K, N_LATENTS, pickle_that_runs_code, saelens_decode, saelens_encode
+from .conftest import N_LATENTS, D, K, pickle_that_runs_code, saelens_decode, saelens_encode
 
 METADATA = {
     "sae_lens_version": "6.18.0", "model_name": "pythia-70m-deduped", "hook_name": "blocks.3.hook_resid_post",
@@ -54,7 +54,9 @@ def test_imported_dictionary_computes_what_saelens_computes(cfg, imported_as, tm
     tensors = random_weights()
     x = torch.randn(64, D, generator=torch.Generator().manual_seed(1))
 
-    model = dictionaries.load_dictionary(import_saelens(write_saelens(tmp_path / "sl", cfg, tensors), tmp_path / "ours"))
+    model = dictionaries.load_dictionary(
+        import_saelens(write_saelens(tmp_path / "sl", cfg, tensors), tmp_path / "ours")
+    )
 
     assert model.architecture == imported_as and model.config.d == D and model.config.n_latents == N_LATENTS
     with torch.no_grad():
@@ -85,7 +87,9 @@ def test_a_pre_6_config_is_read_as_saelens_reads_it(tmp_path):
         "activation_fn_str": "topk", "activation_fn_kwargs": {"k": K}, "normalize_activations": False, "context_size": 64,
     }  # fmt: skip
     tensors = random_weights()
-    folder = write_saelens(tmp_path / "sl", old, {**tensors, "scaling_factor": torch.ones(N_LATENTS)})  # a legacy all-ones one
+    folder = write_saelens(
+        tmp_path / "sl", old, {**tensors, "scaling_factor": torch.ones(N_LATENTS)}
+    )  # a legacy all-ones one
 
     out = import_saelens(folder, tmp_path / "ours")
 
@@ -110,7 +114,9 @@ CFG_ERRORS = [
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize(("cfg", "message"), CFG_ERRORS, ids=["jumprelu", "normalized", "hook_z", "k", "d_in", "pre-6-activation"])
+@pytest.mark.parametrize(
+    ("cfg", "message"), CFG_ERRORS, ids=["jumprelu", "normalized", "hook_z", "k", "d_in", "pre-6-activation"]
+)
 def test_configs_that_would_not_import_exactly_are_refused(cfg, message, tmp_path):
     folder = write_saelens(tmp_path / "sl", cfg, random_weights())
 
@@ -142,10 +148,15 @@ def test_damaged_files_are_refused(tmp_path):
     weights = folder / "sae_weights.safetensors"
     weights.write_bytes(weights.read_bytes()[:-3])
 
-    with pytest.raises(SAELensError, match=f"^{re.escape(str(weights))} is not a valid safetensors file .*: it is corrupt or truncated.$"):
+    with pytest.raises(
+        SAELensError,
+        match=f"^{re.escape(str(weights))} is not a valid safetensors file .*: it is corrupt or truncated.$",
+    ):
         import_saelens(folder, tmp_path / "ours")
     (folder / "cfg.json").write_text("[1, 2]")
-    with pytest.raises(SAELensError, match=f"^{re.escape(str(folder / 'cfg.json'))} must hold a JSON object, not list.$"):
+    with pytest.raises(
+        SAELensError, match=f"^{re.escape(str(folder / 'cfg.json'))} must hold a JSON object, not list.$"
+    ):
         import_saelens(folder, tmp_path / "ours")
 
 
