@@ -6,7 +6,7 @@ from .harvest import HarvestConfig, harvest
 from .harvest_guards import HarvestError
 from .hooks import HookError
 from .models import BUILTIN_SMOLLM2, LanguageModel, ModelLoadError, load_model
-from .reader import ActivationStats, ActivationStore, ShardIntegrityError, TokenRecord
+from .reader import ActivationStats, ActivationStore, ShardIntegrityError, ShardTokens, Split, SplitChunk, TokenRecord
 from .store_format import FORMAT_VERSION, Manifest, StoreFormatError
 
 __all__ = [
@@ -24,7 +24,10 @@ __all__ = [
     "Manifest",
     "ModelLoadError",
     "ShardIntegrityError",
+    "ShardTokens",
     "ShuffledBatches",
+    "Split",
+    "SplitChunk",
     "StoreFormatError",
     "TokenRecord",
     "harvest",

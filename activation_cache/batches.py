@@ -1,13 +1,19 @@
 """Shuffled training batches from a store, with memory bounded however large the store is.
 
 Each epoch permutes the shard order, groups shards into windows of about ``window_bytes``,
-and yields each window's vectors in a fresh random order; the next window is read in the
-background meanwhile. Over an epoch every selected vector is yielded exactly once. A store
-that fits in one window is shuffled globally; a larger one mixes vectors across
-``window_bytes`` worth of randomly chosen shards at a time.
+and yields each window's vectors in a fresh random order. Over an epoch every selected vector
+is yielded exactly once. A store that fits in one window is shuffled globally; a larger one
+mixes vectors across ``window_bytes`` worth of randomly chosen shards at a time.
 
 Everything is a function of ``(seed, epoch)``, so ``batches(epoch, start=k)`` resumes at
 batch ``k`` without reading the activations of the windows it skips.
+
+The data path, in as few copies as the hardware allows: a reader thread gathers one hook's
+selected vectors straight from the memory-mapped shards into one window buffer in the store
+dtype (bf16: half of float32's bytes), while the trainer consumes the window before it. On CUDA
+the buffer is pinned and copied to the GPU on a stream of its own, ``prefetch`` windows ahead,
+so the copy overlaps the training step; each batch is then a gather from the window on the
+device and is widened to float32 there.
 
 This class implements the trainer's ``BatchSource`` protocol (``d``, ``num_batches``,
 ``batches``).
@@ -16,15 +22,25 @@ This class implements the trainer's ``BatchSource`` protocol (``d``, ``num_batch
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
 import torch
 
-from .reader import ActivationStore, split_mask
-from .store_format import DOC_IDS
+from interp_sae.errors import ConfigError
+from interp_sae.runtime import resolve_device
+
+from .reader import ActivationStore, Split
+
+
+@dataclass
+class _Window:
+    vectors: torch.Tensor  # [n, d] store dtype, on the batch device
+    order: torch.Tensor  # int64 [n] permutation, on the batch device
 
 
 class ShuffledBatches:
@@ -34,37 +50,31 @@ class ShuffledBatches:
         hook: str,
         batch_size: int,
         *,
-        split: str = "train",
-        val_fraction: float = 0.1,
-        split_seed: int = 0,
+        side: str = "train",
+        split: Split | None = None,
         seed: int = 0,
         device: str | torch.device = "cpu",
         include_special: bool = False,
         window_bytes: int = 1 << 30,
+        prefetch: int | None = None,
     ):
         if batch_size <= 0:
-            raise ValueError(f"batch size must be positive, got {batch_size}")
+            raise ConfigError(f"batch size must be positive, got {batch_size}")
         self.store, self.hook, self.batch_size = store, hook, batch_size
         self.d = store.d(hook)
-        self.split, self.val_fraction, self.split_seed = split, val_fraction, split_seed
-        self.seed, self.include_special = seed, include_special
-        self.device = torch.device(device)
-        itemsize = torch.finfo(getattr(torch, store.manifest.dtype)).bits // 8
-        shard_bytes = store.manifest.shard_rows * store.context_length * self.d * itemsize
+        self.side, self.split, self.include_special = side, split or Split(), include_special
+        self.seed = seed
+        self.device = resolve_device(device)
+        self.prefetch = prefetch if prefetch is not None else (2 if self.device.type == "cuda" else 1)
+        shard_bytes = store.manifest.shard_rows * store.context_length * self.d * store.dtype.itemsize
         self.window_shards = max(1, window_bytes // max(1, shard_bytes))
 
     # -- sizes -------------------------------------------------------------------------
-    def _mask(self, doc_ids: np.ndarray) -> np.ndarray:
-        return split_mask(doc_ids, self.split, self.val_fraction, self.split_seed, self.include_special).reshape(-1)
-
     @cached_property
     def shard_counts(self) -> np.ndarray:
-        """Selected vectors per shard (reads only the small doc-id arrays)."""
+        """Selected vectors per shard (reads only the small document-id arrays)."""
         return np.array(
-            [
-                int(self._mask(self.store.token_arrays(i)[DOC_IDS]).sum())
-                for i in range(len(self.store.manifest.shards))
-            ],
+            [len(self._selection(i)) for i in range(self.store.num_shards)],
             dtype=np.int64,
         )
 
@@ -74,23 +84,35 @@ class ShuffledBatches:
     def num_batches(self, epoch: int = 0) -> int:
         return math.ceil(len(self) / self.batch_size)
 
+    def _selection(self, shard: int) -> torch.Tensor:
+        return torch.from_numpy(self.store.selection(shard, self.side, self.split, self.include_special))
+
     # -- iteration -----------------------------------------------------------------------
     def _windows(self, epoch: int) -> list[list[int]]:
         rng = np.random.default_rng([self.seed, epoch])
-        order = rng.permutation(len(self.store.manifest.shards)).tolist()
+        order = rng.permutation(self.store.num_shards).tolist()
         return [order[i : i + self.window_shards] for i in range(0, len(order), self.window_shards)]
 
-    def _load_window(self, epoch: int, number: int, shards: list[int]) -> torch.Tensor:
-        """The window's selected vectors, in storage dtype, in this window's random order."""
-        parts = []
+    def _load_window(self, epoch: int, number: int, shards: list[int]) -> _Window:
+        """Gather the window's selected vectors from the memory maps into one buffer (pinned on
+        CUDA) and draw its order; on CUDA, also start the upload on the reader's own stream."""
+        cuda = self.device.type == "cuda"
+        size = int(self.shard_counts[shards].sum())
+        buffer = torch.empty((size, self.d), dtype=self.store.dtype, pin_memory=cuda)
+        at = 0
         for shard in shards:
-            tensors = self.store.load_shard(shard, [self.hook, DOC_IDS])
-            parts.append(tensors[self.hook][torch.from_numpy(self._mask(tensors[DOC_IDS].numpy()))])
-        vectors = torch.cat(parts)
-        generator = torch.Generator().manual_seed(
-            int(np.random.default_rng([self.seed, epoch, number]).integers(2**62))
-        )
-        return vectors[torch.randperm(len(vectors), generator=generator)]
+            local = self._selection(shard)
+            torch.index_select(self.store.vectors(shard, self.hook), 0, local, out=buffer[at : at + len(local)])
+            at += len(local)
+        seed = int(np.random.default_rng([self.seed, epoch, number]).integers(2**62))
+        order = torch.randperm(size, generator=torch.Generator().manual_seed(seed))
+        if not cuda:
+            return _Window(buffer, order)
+        stream = torch.cuda.Stream(self.device)
+        with torch.cuda.stream(stream):
+            window = _Window(buffer.to(self.device, non_blocking=True), order.to(self.device, non_blocking=True))
+        stream.synchronize()  # waits in the reader thread, not the trainer's; then the pinned buffer may go
+        return window
 
     def batches(self, epoch: int = 0, start: int = 0) -> Iterator[torch.Tensor]:
         """float32 [batch_size, d] batches on ``device`` (the last one may be smaller)."""
@@ -102,26 +124,28 @@ class ShuffledBatches:
                 skip -= size  # a leading window wholly before batch `start`: never read
             else:
                 pending.append((number, shards))
-        carry = None
+        parts: list[torch.Tensor] = []  # the start of a batch that spans two windows
+        have = 0
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="window-reader") as pool:
-            future = pool.submit(self._load_window, epoch, *pending[0]) if pending else None
+            ahead: deque[Future[_Window]] = deque()
             for i in range(len(pending)):
-                window = future.result()
-                if i + 1 < len(pending):
-                    future = pool.submit(self._load_window, epoch, *pending[i + 1])
-                if skip:
-                    window, skip = window[skip:], 0
-                if carry is not None:
-                    window = torch.cat([carry, window])
-                full = len(window) // self.batch_size * self.batch_size
-                for lo in range(0, full, self.batch_size):
-                    yield self._to_device(window[lo : lo + self.batch_size])
-                carry = window[full:] if full < len(window) else None
-        if carry is not None:
-            yield self._to_device(carry)
+                while len(ahead) <= self.prefetch and i + len(ahead) < len(pending):
+                    ahead.append(pool.submit(self._load_window, epoch, *pending[i + len(ahead)]))
+                window = ahead.popleft().result()
+                if self.device.type == "cuda":  # uploaded on the reader's stream, used on the trainer's
+                    for tensor in (window.vectors, window.order):
+                        tensor.record_stream(torch.cuda.current_stream(self.device))
+                position, skip = skip, 0
+                while position < len(window.order):
+                    take = min(self.batch_size - have, len(window.order) - position)
+                    parts.append(window.vectors.index_select(0, window.order[position : position + take]))
+                    position, have = position + take, have + take
+                    if have == self.batch_size:
+                        yield self._widen(parts)
+                        parts, have = [], 0
+        if parts:
+            yield self._widen(parts)
 
-    def _to_device(self, batch: torch.Tensor) -> torch.Tensor:
-        # Move in storage dtype (half the bytes for bf16), widen on the device.
-        if self.device.type == "cuda":
-            batch = batch.pin_memory().to(self.device, non_blocking=True)
+    def _widen(self, parts: list[torch.Tensor]) -> torch.Tensor:
+        batch = parts[0] if len(parts) == 1 else torch.cat(parts)
         return batch.to(self.device).float()

@@ -27,6 +27,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from interp_sae.errors import ConfigError
+
 BUILTIN_PYDOC = "builtin:pydoc"
 BUILTIN_PYTHON_DOCS = "builtin:python-docs"
 BUILTINS = (BUILTIN_PYDOC, BUILTIN_PYTHON_DOCS)
@@ -35,7 +37,7 @@ DEFAULT_DATASET = "NeelNanda/pile-10k"
 LOCAL_SUFFIXES = (".txt", ".jsonl", ".parquet")
 
 
-class CorpusError(ValueError):
+class CorpusError(ConfigError):
     """The corpus cannot be read as asked."""
 
 

@@ -19,6 +19,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from interp_sae.runtime import Cluster, join_cluster, resolve_device, torch_dtype
+
 from .corpus import DEFAULT_DATASET, CorpusSpec, iter_documents
 from .harvest_guards import (
     LOCK_NAME,
@@ -29,9 +31,8 @@ from .harvest_guards import (
     store_lock,
 )
 from .hooks import stop_layer, validate_hooks
-from .models import DEFAULT_MODEL, LanguageModel, load_model, torch_dtype
+from .models import DEFAULT_MODEL, LanguageModel, load_model
 from .packing import PackedRows, pack_blocks, pack_rows
-from .ranks import Ranks
 from .reader import ActivationStore
 from .store_format import (
     DOC_IDS,
@@ -107,11 +108,12 @@ def _package_version() -> str:
         return "unknown"
 
 
-def _remove_unlisted_shards(out: Path, manifest: Manifest, ranks: Ranks) -> None:
+def _remove_unlisted_shards(out: Path, manifest: Manifest, cluster: Cluster) -> None:
     """Files a killed run of this stream left behind: temporaries and shards written but never listed."""
     listed = {out / s.file for s in manifest.shards}
-    own = shard_file_name(0, ranks.rank, ranks.world).rsplit("-", 1)[0]  # this stream's name prefix
-    for path in (out / SHARD_DIR).glob(f"{Path(own).name}-*"):
+    own = shard_file_name(0, cluster.rank, cluster.world_size).rsplit("-", 1)[0]  # this stream's name prefix
+    strays = [*(out / SHARD_DIR).glob(f"{Path(own).name}-*"), *(out / SHARD_DIR).glob(f".{Path(own).name}-*.tmp")]
+    for path in strays:
         if path not in listed:
             path.unlink()
 
@@ -173,32 +175,32 @@ def harvest(
     Under ``torchrun`` each process harvests its own stream of documents (see store_format)."""
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
-    ranks = Ranks.from_env()
-    progress = progress and ranks.is_main
+    cluster = join_cluster(resolve_device(config.device))
+    progress = progress and cluster.is_main
     merged = read_manifest(out) if (out / MANIFEST_NAME).exists() else None
     if merged is not None:
         check_same_settings(merged, settings_identity(config, model), out)
         if _finished(merged, config) and not repair:
             _report(progress, f"{out}: complete, {merged.tokens:,} tokens already harvested; nothing to do")
             return merged
-    check_process_count(out, merged, ranks)
-    lock_name = LOCK_NAME if ranks.world == 1 else f"{LOCK_NAME}.stream-{ranks.rank}-of-{ranks.world}"
+    check_process_count(out, merged, cluster)
+    lock_name = LOCK_NAME if cluster.world_size == 1 else f"{LOCK_NAME}.stream-{cluster.rank}-of-{cluster.world_size}"
     with store_lock(out, lock_name):
-        manifest = _harvest_stream(config, model, out, ranks, progress, repair)
-    if ranks.world == 1:
+        manifest = _harvest_stream(config, model, out, cluster, progress, repair)
+    if cluster.world_size == 1:
         return manifest
-    ranks.barrier()  # every stream is complete before rank 0 merges them
-    if ranks.is_main:
-        write_manifest(out, _merge_streams(out, ranks.world, config.tokens))
-    ranks.barrier()
+    cluster.barrier()  # every stream is complete before rank 0 merges them
+    if cluster.is_main:
+        write_manifest(out, _merge_streams(out, cluster.world_size, config.tokens))
+    cluster.barrier()
     return read_manifest(out)
 
 
 def _harvest_stream(
-    config: HarvestConfig, model: LanguageModel | None, out: Path, ranks: Ranks, progress: bool, repair: bool
+    config: HarvestConfig, model: LanguageModel | None, out: Path, cluster: Cluster, progress: bool, repair: bool
 ) -> Manifest:
     """This process's part: create or resume its (partial) manifest and harvest its stream."""
-    name = partial_manifest_name(ranks.rank, ranks.world)
+    name = partial_manifest_name(cluster.rank, cluster.world_size)
     existing = read_manifest(out, name) if (out / name).exists() else None
     if model is None:
         model = load_model(config.model, revision=config.revision, device=config.device, dtype=config.model_dtype)
@@ -212,8 +214,8 @@ def _harvest_stream(
     stop = stop_layer(hooks)
     (out / SHARD_DIR).mkdir(exist_ok=True)
     if existing is None:
-        manifest = _new_manifest(config, model, identity, _hook_widths(model, hooks, stop), ranks.world)
-        if ranks.is_main:
+        manifest = _new_manifest(config, model, identity, _hook_widths(model, hooks, stop), cluster.world_size)
+        if cluster.is_main:
             model.tokenizer.save_pretrained(out / TOKENIZER_DIR)
         write_manifest(out, manifest, name)
     else:
@@ -230,8 +232,8 @@ def _harvest_stream(
         manifest.target_tokens = config.tokens
         manifest.complete, manifest.stop_reason = False, None
         write_manifest(out, manifest, name)
-    _remove_unlisted_shards(out, manifest, ranks)
-    _run(config, model, manifest, out, hooks, stop, progress, ranks)
+    _remove_unlisted_shards(out, manifest, cluster)
+    _run(config, model, manifest, out, hooks, stop, progress, cluster)
     return manifest
 
 
@@ -283,7 +285,7 @@ def _repair(
 ) -> None:
     """Re-harvest damaged shards in place: each shard's first row follows from the packer state
     recorded at the end of the shard before it, so no other shard is touched."""
-    store = ActivationStore(out, verify_reads=True)
+    store = ActivationStore(out)
     damaged = [i for i in range(len(manifest.shards)) if store.shard_problem(i) is not None]
     _report(progress, f"{out}: {len(damaged)} damaged shard(s) to re-harvest: {damaged}")
     store_dtype = torch_dtype(manifest.dtype)
@@ -312,7 +314,7 @@ def _repair(
         )
         bar.close()
         # Same device and dtype give the same bytes; another device may differ in low bits.
-        record.bytes, record.sha256 = write_shard_file(out / record.file, tensors, index)
+        record.bytes, record.sha256, record.checksums = write_shard_file(out / record.file, tensors, index)
         write_manifest(out, manifest)  # repair runs in one process, on the merged manifest
 
 
@@ -324,12 +326,12 @@ def _run(
     hooks: list[str],
     stop: int | None,
     progress: bool,
-    ranks: Ranks,
+    cluster: Cluster,
 ) -> None:
     ctx = config.context_length
     all_rows = math.ceil(config.tokens / ctx)
-    target_rows = all_rows // ranks.world + (ranks.rank < all_rows % ranks.world)  # this stream's share
-    rows = _packed_rows(config, model, manifest.resume_state(), ranks.rank, ranks.world)
+    target_rows = all_rows // cluster.world_size + (cluster.rank < all_rows % cluster.world_size)  # this stream's share
+    rows = _packed_rows(config, model, manifest.resume_state(), cluster.rank, cluster.world_size)
     bar = tqdm(
         total=target_rows * ctx,
         initial=manifest.tokens,
@@ -344,7 +346,7 @@ def _run(
         bar.set_postfix_str(f"{len(manifest.shards)} shards, {manifest.bytes / 2**20:,.0f} MiB on disk", refresh=False)
 
     show_written(None)
-    writer = ShardWriter(out, manifest, stream=ranks.rank, on_written=show_written)
+    writer = ShardWriter(out, manifest, stream=cluster.rank, on_written=show_written)
     store_dtype = torch_dtype(manifest.dtype)
     exhausted = False
     try:
@@ -380,11 +382,11 @@ def _run(
     finally:
         bar.close()
         writer.close()
-    if manifest.valid_tokens == 0 and ranks.world == 1:  # (a stream of a small corpus may be empty)
+    if manifest.valid_tokens == 0 and cluster.world_size == 1:  # (a stream of a small corpus may be empty)
         raise HarvestError(f"the corpus {config.dataset!r} gave no tokens: it is empty, or every document is blank")
     manifest.complete = True
     manifest.stop_reason = "corpus_exhausted" if exhausted else "budget"
-    write_manifest(out, manifest, partial_manifest_name(ranks.rank, ranks.world))
+    write_manifest(out, manifest, partial_manifest_name(cluster.rank, cluster.world_size))
     _report(
         progress,
         f"{out}: {manifest.tokens:,} tokens in {len(manifest.shards)} shards "

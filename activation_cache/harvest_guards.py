@@ -13,8 +13,10 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from interp_sae.errors import InterpSAEError
+from interp_sae.runtime import Cluster
+
 from .models import LanguageModel
-from .ranks import Ranks
 from .store_format import Manifest
 
 if TYPE_CHECKING:
@@ -23,7 +25,7 @@ if TYPE_CHECKING:
 LOCK_NAME = ".harvest.lock"
 
 
-class HarvestError(RuntimeError):
+class HarvestError(InterpSAEError, RuntimeError):
     """The harvest cannot go on as asked; the message says why and what to do."""
 
 
@@ -92,16 +94,16 @@ def check_same_settings(existing: Manifest, identity: dict, out: Path) -> None:
     )
 
 
-def check_process_count(out: Path, merged: Manifest | None, ranks: Ranks) -> None:
+def check_process_count(out: Path, merged: Manifest | None, cluster: Cluster) -> None:
     """An unfinished harvest resumes only with the number of processes that started it:
     documents are dealt to streams by that number."""
     started = {int(p.name.split("-of-")[1].split(".")[0]) for p in out.glob("manifest.stream-*-of-*.json")}
     if merged is not None and not merged.complete:
         started.add(merged.streams)
-    if started - {ranks.world}:
-        count = max(started - {ranks.world})
+    if started - {cluster.world_size}:
+        count = max(started - {cluster.world_size})
         raise HarvestError(
-            f"{out} holds an unfinished harvest started by {count} process(es) and this run has {ranks.world}; "
+            f"{out} holds an unfinished harvest started by {count} process(es) and this run has {cluster.world_size}; "
             f"resume it with the same number (torchrun --nproc_per_node {count}, or no torchrun for 1), "
             "or harvest into a new --out"
         )

@@ -5,10 +5,12 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
+from interp_sae.errors import ConfigError
+
 _BLOCK = re.compile(r"^blocks\.(\d+)\.")
 
 
-class HookError(ValueError):
+class HookError(ConfigError):
     """A hook name the model does not have."""
 
 

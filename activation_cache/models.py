@@ -15,7 +15,6 @@ A model spec is one string:
 from __future__ import annotations
 
 import importlib.util
-import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,32 +22,16 @@ from typing import Any
 
 import torch
 
+from interp_sae.errors import InterpSAEError
+from interp_sae.runtime import resolve_device, torch_dtype
+
 DEFAULT_MODEL = "EleutherAI/pythia-70m-deduped"
 BUILTIN_SMOLLM2 = "builtin:smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
-TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
-
-class ModelLoadError(RuntimeError):
+class ModelLoadError(InterpSAEError, RuntimeError):
     """The model cannot be loaded as asked."""
-
-
-def resolve_device(device: str) -> torch.device:
-    """``auto`` = cuda when present, else cpu; under torchrun each process takes its local rank's GPU."""
-    resolved = torch.device(
-        "cuda" if device == "auto" and torch.cuda.is_available() else "cpu" if device == "auto" else device
-    )
-    if resolved.type == "cuda" and resolved.index is None and "LOCAL_RANK" in os.environ:
-        return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
-    return resolved
-
-
-def torch_dtype(name: str) -> torch.dtype:
-    try:
-        return TORCH_DTYPES[name]
-    except KeyError:
-        raise ValueError(f"unknown dtype {name!r}; use one of {sorted(TORCH_DTYPES)}") from None
 
 
 @dataclass

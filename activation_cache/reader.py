@@ -1,17 +1,32 @@
-"""Reading a store: validation, checksums, shard loading, tracing vectors back to their text,
-and streaming statistics. Shuffled training batches live in ``batches.py``."""
+"""Reading a store: the one interface the rest of interp-sae reads activations through.
+
+* `Split`: the document-level held-out split (fraction and seed), and which positions each side
+  of it holds (`Split.mask`). A dictionary records the split it was trained with.
+* `ActivationStore`: validation, per-shard access (`vectors`: zero-copy memory maps of one hook;
+  `tokens`: token/document ids), `iter_split` (every selected vector of a split, shard by shard,
+  with its global index), `rows` and `lookup` (tracing vectors back to their text), `verify`,
+  and streaming `statistics`. Shuffled training batches live in ``batches.py``.
+
+Every byte is checked before it is used: a tensor's xxh3 (format 2) or the shard's sha256
+(format 1) the first time this process reads it; `verify` checks every shard's sha256.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import mmap
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import load as safetensors_load
+
+from interp_sae.runtime import torch_dtype
 
 from .store_format import (
     DOC_IDS,
@@ -21,31 +36,56 @@ from .store_format import (
     TOKENIZER_DIR,
     Manifest,
     StoreFormatError,
+    TensorSpan,
     read_manifest,
+    safetensors_layout,
+    tensor_checksum,
 )
 
-SPLITS = ("train", "validation", "all")
+SIDES = ("train", "validation", "all")
+_OPEN_MAPS = 256
+_SAFETENSORS_DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32, "I32": torch.int32,
+                       "I64": torch.int64}  # fmt: skip
 
 
 class ShardIntegrityError(StoreFormatError):
     """A shard on disk differs from what the manifest recorded."""
 
 
-def split_mask(
-    doc_ids: np.ndarray, split: str, val_fraction: float, split_seed: int, include_special: bool = False
-) -> np.ndarray:
-    """Which positions belong to ``split``. Whole documents go to one side (no leakage between
-    train and validation); BOS/separator/padding positions are excluded unless asked for, and
-    then follow the split of their row index's hash."""
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    special = doc_ids < 0
-    if split == "all":
-        return np.ones_like(special) if include_special else ~special
-    keys = np.where(special, -1 - np.arange(doc_ids.shape[0])[:, None], doc_ids) if doc_ids.ndim == 2 else doc_ids
-    in_val = _unit_hash(keys, split_seed) < val_fraction
-    mask = in_val if split == "validation" else ~in_val
-    return mask if include_special else mask & ~special
+@dataclass(frozen=True)
+class Split:
+    """The held-out split of a store, by document: document `i` is held out when a fixed hash of
+    (`i`, `seed`) falls below `val_fraction`, so no text is on both sides. Its sides are "train",
+    "validation" and "all". BOS, separators and padding belong to no document and are left out
+    unless asked for (then they follow the hash of their row)."""
+
+    val_fraction: float = 0.1
+    """Fraction of documents held out for evaluation (the VAEase authors' 90/10)."""
+    seed: int = 0
+    """Seed of the document hash: another seed holds out other documents."""
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.val_fraction < 1:
+            raise StoreFormatError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+
+    def mask(self, doc_ids: np.ndarray, side: str, include_special: bool = False) -> np.ndarray:
+        """Which positions of `doc_ids` ([rows, ctx] or [n]) belong to `side`."""
+        if side not in SIDES:
+            raise StoreFormatError(f"split side must be one of {SIDES}, got {side!r}")
+        special = doc_ids < 0
+        if side == "all":
+            return np.ones_like(special) if include_special else ~special
+        keys = np.where(special, -1 - np.arange(doc_ids.shape[0])[:, None], doc_ids) if doc_ids.ndim == 2 else doc_ids
+        in_val = _unit_hash(keys, self.seed) < self.val_fraction
+        mask = in_val if side == "validation" else ~in_val
+        return mask if include_special else mask & ~special
+
+    def to_json(self) -> dict[str, Any]:
+        return {"val_fraction": self.val_fraction, "split_seed": self.seed, "by": "document"}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Split:
+        return cls(val_fraction=float(data["val_fraction"]), seed=int(data["split_seed"]))
 
 
 def _unit_hash(keys: np.ndarray, seed: int) -> np.ndarray:
@@ -56,6 +96,25 @@ def _unit_hash(keys: np.ndarray, seed: int) -> np.ndarray:
         x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
         x = x ^ (x >> np.uint64(31))
     return (x >> np.uint64(11)).astype(np.float64) / float(2**53)
+
+
+@dataclass
+class ShardTokens:
+    """The token side of one shard, each array [rows, ctx]."""
+
+    token_ids: np.ndarray  # int32
+    doc_ids: np.ndarray  # int64, -1 for BOS, separator, padding
+    doc_positions: np.ndarray  # int32, -1 likewise
+    first_index: int  # global index of the shard's first vector
+
+
+@dataclass
+class SplitChunk:
+    """One shard's selected vectors, from `ActivationStore.iter_split`."""
+
+    shard: int
+    vectors: torch.Tensor  # [n, d] in the store dtype
+    indices: torch.Tensor  # int64 [n] global vector indices
 
 
 @dataclass
@@ -85,13 +144,47 @@ class ActivationStats:
         return {"count": self.count, "mean": self.mean.tolist(), "var": self.var.tolist(), "mean_norm": self.mean_norm}
 
 
+class _MappedShard:
+    """A shard file mapped into memory (copy-on-write, so torch can view it without a copy)."""
+
+    def __init__(self, path: Path):
+        with open(path, "rb") as handle:
+            self.size = handle.seek(0, 2)
+            self.map = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_COPY) if self.size else None
+        self.layout: dict[str, TensorSpan] = safetensors_layout(
+            self.map[: min(self.size, 1 << 20)] if self.map else b""
+        )
+        if self.map is not None and any(s.end + 8 > self.size + 8 for s in self.layout.values()):
+            raise StoreFormatError("a tensor reaches past the end of the file")
+
+    def span(self, name: str) -> TensorSpan:
+        if name not in self.layout:
+            raise StoreFormatError(f"tensor {name!r} is missing")
+        return self.layout[name]
+
+    def bytes(self, name: str) -> memoryview:
+        span = self.span(name)
+        return memoryview(self.map)[span.start : span.end]  # type: ignore[index]
+
+    def tensor(self, name: str) -> torch.Tensor:
+        span = self.span(name)
+        dtype = _SAFETENSORS_DTYPES[span.dtype]
+        if span.end == span.start:
+            return torch.empty(span.shape, dtype=dtype)
+        flat = torch.frombuffer(self.map, dtype=dtype, count=(span.end - span.start) // dtype.itemsize,
+                                offset=span.start)  # fmt: skip
+        return flat.view(span.shape)
+
+
 class ActivationStore:
     """A harvested store, opened read-only. ``ActivationStore(path)`` validates the manifest."""
 
-    def __init__(self, root: str | Path, verify_reads: bool = True):
+    def __init__(self, root: str | Path):
         self.root = Path(root)
         self.manifest: Manifest = read_manifest(self.root)
-        self.verify_reads = verify_reads
+        self._maps: OrderedDict[int, _MappedShard] = OrderedDict()
+        self._checked: set[tuple[int, str]] = set()  # (shard, tensor) whose bytes this process checked
+        self._lock = threading.Lock()
 
     # -- shape of the store ---------------------------------------------------------
     @property
@@ -101,6 +194,19 @@ class ActivationStore:
     @property
     def hooks(self) -> list[str]:
         return [h.name for h in self.manifest.hooks]
+
+    @property
+    def fingerprint(self) -> str:
+        return self.manifest.fingerprint
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype vectors are stored in."""
+        return torch_dtype(self.manifest.dtype)
+
+    @property
+    def num_shards(self) -> int:
+        return len(self.manifest.shards)
 
     def d(self, hook: str) -> int:
         return self.manifest.hook(hook).d
@@ -113,6 +219,9 @@ class ActivationStore:
     def _shard_starts(self) -> np.ndarray:
         return np.array([s.first_row * self.context_length for s in self.manifest.shards], dtype=np.int64)
 
+    def first_index(self, shard: int) -> int:
+        return int(self._shard_starts[shard])
+
     def locate(self, index: int) -> tuple[int, int]:
         """Global vector index → (shard, index inside the shard)."""
         if not 0 <= index < len(self):
@@ -121,83 +230,139 @@ class ActivationStore:
         return shard, index - int(self._shard_starts[shard])
 
     # -- shard access ---------------------------------------------------------------
-    def load_shard(self, index: int, names: list[str] | None = None) -> dict[str, torch.Tensor]:
-        """Read a shard whole, checking its checksum (unless ``verify_reads`` is off) and shapes."""
-        if self.verify_reads:
-            payload = self._read_bytes(index)
-            self._check_bytes(index, payload)
-            try:
-                tensors = safetensors_load(payload)
-            except SafetensorError as exc:
-                raise self._damaged(index, f"unreadable ({exc})") from exc
-            if names is not None:
-                tensors = {n: tensors[n] for n in names}
-        else:
-            tensors = self._read_tensors(index, names)
-        self._check_shapes(index, tensors)
-        return tensors
+    def vectors(self, shard: int, hook: str) -> torch.Tensor:
+        """[rows × ctx, d] vectors of `hook` in shard `shard`, in the store dtype: a read-only view
+        of the memory-mapped file (no copy; only the pages used are read), checked on first use."""
+        self.d(hook)  # a clear error for a hook the store does not hold
+        return self._tensor(shard, hook)
 
-    def _read_tensors(self, index: int, names: list[str] | None) -> dict[str, torch.Tensor]:
-        path = self.root / self.manifest.shards[index].file
+    def tokens(self, shard: int) -> ShardTokens:
+        """Token ids, document ids and document positions of a shard ([rows, ctx] each)."""
+        arrays = {name: self._tensor(shard, name).numpy() for name in RESERVED_TENSORS}
+        return ShardTokens(arrays[TOKEN_IDS], arrays[DOC_IDS], arrays[DOC_POSITIONS], self.first_index(shard))
+
+    def selection(self, shard: int, side: str, split: Split, include_special: bool = False) -> np.ndarray:
+        """Indices (inside the shard, ascending) of the vectors on `side` of `split`."""
+        return np.flatnonzero(split.mask(self._tensor(shard, DOC_IDS).numpy(), side, include_special))
+
+    def iter_split(self, hook: str, side: str, split: Split, *, include_special: bool = False) -> Iterator[SplitChunk]:
+        """Every vector of `hook` on `side` of `split`, shard by shard in store order."""
+        for shard in range(self.num_shards):
+            local = torch.from_numpy(self.selection(shard, side, split, include_special))
+            vectors = self.vectors(shard, hook)[local]
+            yield SplitChunk(shard, vectors, local + self.first_index(shard))
+
+    def rows(self, side: str, split: Split, max_rows: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(token ids, document-token mask, side mask), each [rows, ctx], of the first `max_rows`
+        rows that hold tokens of `side`."""
+        ids, docs, masks, taken = [], [], [], 0
+        for shard in range(self.num_shards):
+            if taken >= max_rows:
+                break
+            tokens = self.tokens(shard)
+            mask = split.mask(tokens.doc_ids, side)
+            keep = np.flatnonzero(mask.any(1))[: max_rows - taken]
+            ids.append(tokens.token_ids[keep])
+            docs.append(tokens.doc_ids[keep] >= 0)
+            masks.append(mask[keep])
+            taken += len(keep)
+        if taken == 0:
+            raise StoreFormatError(f"the {side!r} side of {self.root}'s split holds no tokens")
+        return np.concatenate(ids), np.concatenate(docs), np.concatenate(masks)
+
+    def _mapped(self, shard: int) -> _MappedShard:
+        with self._lock:
+            if shard not in self._maps:
+                record = self.manifest.shards[shard]
+                try:
+                    mapped = _MappedShard(self.root / record.file)
+                except OSError as exc:
+                    raise self._damaged(shard, f"missing or unreadable ({exc.strerror})") from exc
+                except StoreFormatError as exc:
+                    raise self._damaged(shard, f"unreadable ({exc})") from exc
+                if mapped.size != record.bytes:
+                    raise self._damaged(shard, f"size {mapped.size} bytes, expected {record.bytes} (truncated?)")
+                self._maps[shard] = mapped
+                if len(self._maps) > _OPEN_MAPS:  # each map holds a file descriptor; views keep theirs alive
+                    self._maps.popitem(last=False)
+            self._maps.move_to_end(shard)
+            return self._maps[shard]
+
+    def _tensor(self, shard: int, name: str) -> torch.Tensor:
+        mapped = self._mapped(shard)
         try:
-            with safe_open(path, framework="pt") as handle:
-                return {n: handle.get_tensor(n) for n in (names or handle.keys())}
-        except (SafetensorError, OSError) as exc:
-            raise self._damaged(index, f"unreadable ({exc})") from exc
+            tensor = mapped.tensor(name)
+        except (StoreFormatError, KeyError) as exc:
+            raise self._damaged(shard, f"unreadable ({exc})") from exc
+        self._check_shape(shard, name, tuple(tensor.shape))
+        key = (shard, name)
+        if key not in self._checked:
+            self._check_bytes(shard, name, mapped)
+            with self._lock:
+                self._checked.add(key)
+        return tensor
 
-    def _read_bytes(self, index: int) -> bytes:
-        try:
-            return (self.root / self.manifest.shards[index].file).read_bytes()
-        except OSError as exc:
-            raise self._damaged(index, f"missing or unreadable ({exc.strerror})") from exc
+    def _check_bytes(self, shard: int, name: str, mapped: _MappedShard) -> None:
+        record = self.manifest.shards[shard]
+        if record.checksums:  # format 2: this tensor's bytes only
+            expected = record.checksums.get(name)
+            actual = tensor_checksum(mapped.bytes(name))
+            if actual != expected:
+                raise self._damaged(shard, f"checksum mismatch in {name!r} (xxh3 {actual}, expected {expected})")
+        elif (shard, "") not in self._checked:  # format 1: the whole file's sha256, once
+            digest = hashlib.sha256(mapped.map or b"").hexdigest()
+            if digest != record.sha256:
+                raise self._damaged(shard, f"checksum mismatch (sha256 {digest[:12]}…, expected {record.sha256[:12]}…)")
+            with self._lock:
+                self._checked.add((shard, ""))
 
-    def token_arrays(self, index: int) -> dict[str, np.ndarray]:
-        """The shard's token ids, document ids and positions ([rows, ctx]); cheap, no activations."""
-        tensors = self._read_tensors(index, list(RESERVED_TENSORS))
-        self._check_shapes(index, tensors)
-        return {k: v.numpy() for k, v in tensors.items()}
+    def _check_shape(self, shard: int, name: str, shape: tuple[int, ...]) -> None:
+        rows, ctx = self.manifest.shards[shard].rows, self.context_length
+        expected = (rows, ctx) if name in RESERVED_TENSORS else (rows * ctx, self.d(name))
+        if shape != expected:
+            raise self._damaged(shard, f"tensor {name!r} has shape {shape}, expected {expected}")
 
-    def _check_bytes(self, index: int, payload: bytes) -> None:
-        record = self.manifest.shards[index]
-        if len(payload) != record.bytes:
-            raise self._damaged(index, f"size {len(payload)} bytes, expected {record.bytes} (truncated?)")
-        digest = hashlib.sha256(payload).hexdigest()
-        if digest != record.sha256:
-            raise self._damaged(index, f"checksum mismatch (sha256 {digest[:12]}…, expected {record.sha256[:12]}…)")
-
-    def _check_shapes(self, index: int, tensors: dict[str, torch.Tensor]) -> None:
-        rows, ctx = self.manifest.shards[index].rows, self.context_length
-        for name, tensor in tensors.items():
-            expected = (rows, ctx) if name in RESERVED_TENSORS else (rows * ctx, self.d(name))
-            if tuple(tensor.shape) != expected:
-                raise self._damaged(index, f"tensor {name!r} has shape {tuple(tensor.shape)}, expected {expected}")
-
-    def _damaged(self, index: int, problem: str) -> ShardIntegrityError:
+    def _damaged(self, shard: int, problem: str) -> ShardIntegrityError:
         return ShardIntegrityError(
-            f"shard {index} ({self.root / self.manifest.shards[index].file}) is damaged: {problem}. "
+            f"shard {shard} ({self.root / self.manifest.shards[shard].file}) is damaged: {problem}. "
             "Rerun the harvest command with --repair to re-harvest only the damaged shards."
         )
 
-    def shard_problem(self, index: int) -> str | None:
-        """Why shard ``index`` cannot be trusted (size, checksum, shapes), or None if it is intact."""
+    def shard_problem(self, shard: int) -> str | None:
+        """Why shard `shard` cannot be trusted (size, sha256 of the whole file, tensor shapes), or
+        None if it is intact. Always reads the file anew (what `verify` and `--repair` use)."""
+        record = self.manifest.shards[shard]
         try:
-            self._check_bytes(index, self._read_bytes(index))
-            self._check_shapes(index, self._read_tensors(index, None))
+            try:
+                payload = (self.root / record.file).read_bytes()
+            except OSError as exc:
+                raise self._damaged(shard, f"missing or unreadable ({exc.strerror})") from exc
+            if len(payload) != record.bytes:
+                raise self._damaged(shard, f"size {len(payload)} bytes, expected {record.bytes} (truncated?)")
+            digest = hashlib.sha256(payload).hexdigest()
+            if digest != record.sha256:
+                raise self._damaged(shard, f"checksum mismatch (sha256 {digest[:12]}…, expected {record.sha256[:12]}…)")
+            try:
+                layout = safetensors_layout(payload)
+            except StoreFormatError as exc:
+                raise self._damaged(shard, f"unreadable ({exc})") from exc
+            for name, span in layout.items():
+                self._check_shape(shard, name, span.shape)
         except ShardIntegrityError as exc:
             return str(exc)
         return None
 
     def verify(self) -> list[str]:
         """Check every shard. Returns the problems found (empty when the store is intact)."""
-        problems = (self.shard_problem(i) for i in range(len(self.manifest.shards)))
+        problems = (self.shard_problem(i) for i in range(self.num_shards))
         return [p for p in problems if p is not None]
 
     # -- tracing ---------------------------------------------------------------------
     def lookup(self, index: int, window: int = 16) -> TokenRecord:
-        """Trace a vector to its token, document and position, with ``window`` tokens either side
+        """Trace a vector to its token, document and position, with `window` tokens either side
         (within its row: what the model saw)."""
         shard, local = self.locate(index)
-        arrays = self.token_arrays(shard)
+        tokens = self.tokens(shard)
         row, pos = divmod(local, self.context_length)
         lo, hi = max(0, pos - window), min(self.context_length, pos + window + 1)
         return TokenRecord(
@@ -205,22 +370,20 @@ class ActivationStore:
             shard=shard,
             row=self.manifest.shards[shard].first_row + row,
             position=pos,
-            token_id=int(arrays[TOKEN_IDS][row, pos]),
-            doc_id=int(arrays[DOC_IDS][row, pos]),
-            doc_position=int(arrays[DOC_POSITIONS][row, pos]),
+            token_id=int(tokens.token_ids[row, pos]),
+            doc_id=int(tokens.doc_ids[row, pos]),
+            doc_position=int(tokens.doc_positions[row, pos]),
             context_start=lo,
-            context_token_ids=arrays[TOKEN_IDS][row, lo:hi].tolist(),
-            context_doc_ids=arrays[DOC_IDS][row, lo:hi].tolist(),
+            context_token_ids=tokens.token_ids[row, lo:hi].tolist(),
+            context_doc_ids=tokens.doc_ids[row, lo:hi].tolist(),
         )
 
     def activations(self, hook: str, indices: list[int]) -> torch.Tensor:
         """float32 [len(indices), d] for arbitrary global indices (reads only those rows)."""
-        d = self.d(hook)
-        out = torch.empty((len(indices), d), dtype=torch.float32)
+        out = torch.empty((len(indices), self.d(hook)), dtype=torch.float32)
         for i, index in enumerate(indices):
             shard, local = self.locate(index)
-            with safe_open(self.root / self.manifest.shards[shard].file, framework="pt") as handle:
-                out[i] = handle.get_slice(hook)[local : local + 1].float()[0]
+            out[i] = self.vectors(shard, hook)[local].float()
         return out
 
     def tokenizer(self):
@@ -230,28 +393,20 @@ class ActivationStore:
 
     # -- statistics ------------------------------------------------------------------
     def statistics(
-        self,
-        hook: str,
-        split: str = "train",
-        val_fraction: float = 0.1,
-        split_seed: int = 0,
-        include_special: bool = False,
+        self, hook: str, side: str = "train", split: Split | None = None, include_special: bool = False
     ) -> ActivationStats:
         """Mean, per-dimension variance and mean norm in one streaming pass (float64, merged
         per shard with Chan's formula so large stores lose no precision)."""
-        self.d(hook)
-        count, mean, m2, norm_sum = 0, None, None, 0.0
-        for index in range(len(self.manifest.shards)):
-            tensors = self.load_shard(index, [hook, DOC_IDS])
-            mask = split_mask(tensors[DOC_IDS].numpy(), split, val_fraction, split_seed, include_special)
-            x = tensors[hook][torch.from_numpy(mask.reshape(-1))].double()
+        count, mean, m2, norm_sum = 0, torch.zeros(0), torch.zeros(0), 0.0
+        for chunk in self.iter_split(hook, side, split or Split(), include_special=include_special):
+            x = chunk.vectors.double()
             n = x.shape[0]
             if n == 0:
                 continue
             shard_mean = x.mean(0)
             shard_m2 = ((x - shard_mean) ** 2).sum(0)
             norm_sum += float(x.norm(dim=1).sum())
-            if mean is None:
+            if count == 0:
                 count, mean, m2 = n, shard_mean, shard_m2
             else:
                 delta = shard_mean - mean
@@ -260,5 +415,5 @@ class ActivationStore:
                 m2 = m2 + shard_m2 + delta**2 * (count * n / total)
                 count = total
         if count == 0:
-            raise ValueError(f"split {split!r} of {self.root} holds no vectors")
+            raise StoreFormatError(f"the {side!r} side of {self.root}'s split holds no vectors")
         return ActivationStats(count=count, mean=mean, var=m2 / count, mean_norm=norm_sum / count)

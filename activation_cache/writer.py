@@ -1,30 +1,41 @@
 """A background thread that commits shards to disk while the model computes the next ones.
 
-Each shard is serialised to bytes, checksummed, written to a temporary file, fsynced and
-renamed into place; only then is it appended to the manifest, which is itself replaced
-atomically. A kill at any moment therefore leaves every listed shard complete and intact,
+Each shard is serialised to bytes, checksummed (sha256 of the file, xxh3 of each tensor),
+and committed with `interp_sae.atomic.write_atomic`; only then is it appended to the manifest,
+which is itself replaced atomically. A kill at any moment therefore leaves every listed shard complete and intact,
 plus at most one stray temporary file that the next run removes.
 """
 
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 import queue
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
-from safetensors.torch import save as safetensors_bytes
+from safetensors.torch import save_file
 
-from .store_format import Manifest, PackerState, ShardRecord, partial_manifest_name, shard_file_name, write_manifest
+from interp_sae.atomic import write_atomic
+from interp_sae.errors import InterpSAEError
+
+from .store_format import (
+    Manifest,
+    PackerState,
+    ShardRecord,
+    file_checksums,
+    partial_manifest_name,
+    shard_file_name,
+    write_manifest,
+)
 
 _STOP = object()
 
 
-class ShardWriteError(RuntimeError):
+class ShardWriteError(InterpSAEError, RuntimeError):
     """Writing a shard failed; the shards already listed in the manifest are intact."""
 
 
@@ -91,7 +102,7 @@ class ShardWriter:
     ) -> None:
         index = len(self.manifest.shards)
         name = shard_file_name(index, self.stream, self.manifest.streams)
-        size, digest = write_shard_file(self.root / name, tensors, index)
+        size, digest, checksums = write_shard_file(self.root / name, tensors, index)
         record = ShardRecord(
             file=name,
             rows=rows,
@@ -102,6 +113,7 @@ class ShardWriter:
             end_state=end_state,
             nonfinite_positions=nonfinite_positions,
             stream=self.stream,
+            checksums=checksums,
         )
         self.manifest.shards.append(record)
         try:
@@ -115,22 +127,36 @@ class ShardWriter:
         self.on_written(record)
 
 
-def write_shard_file(path: Path, tensors: dict[str, torch.Tensor], index: int) -> tuple[int, str]:
-    """Serialise, write to a temporary file, fsync, rename. Returns (bytes, sha256)."""
-    tmp = path.with_name(path.name + ".tmp")
-    payload = safetensors_bytes(tensors)
+def write_shard_file(path: Path, tensors: dict[str, torch.Tensor], index: int) -> tuple[int, str, dict[str, str]]:
+    """Commit a shard atomically. Returns (bytes, sha256 of the file, xxh3 of each tensor).
+
+    safetensors writes the file straight from the tensors (no serialised copy in Python); the
+    checksums are then read back from the page cache while a second thread flushes the file to
+    disk (hashlib and xxhash release the GIL), so the writer costs about what the disk costs."""
+    written: dict[str, object] = {}
+
+    def write(tmp: Path) -> None:
+        save_file(tensors, tmp)
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="shard-fsync") as pool:
+            flushed = pool.submit(_fsync_file, tmp)
+            written["size"], written["sha256"], written["checksums"] = file_checksums(tmp)
+            flushed.result()
+
     try:
-        with open(tmp, "wb") as handle:
-            handle.write(payload)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        write_atomic(path, write)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
             raise ShardWriteError(
                 f"no space left writing {path} ({exc.strerror}). Shards before {index} are intact; "
                 "free some space and rerun the same command to resume."
             ) from exc
         raise ShardWriteError(f"cannot write {path}: {exc}") from exc
-    return len(payload), hashlib.sha256(payload).hexdigest()
+    return written["size"], written["sha256"], written["checksums"]  # type: ignore[return-value]
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

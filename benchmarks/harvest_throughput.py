@@ -24,8 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from activation_cache import ActivationStore, HarvestConfig, LanguageModel, ShuffledBatches, harvest, load_model
 from activation_cache.corpus import BUILTIN_PYTHON_DOCS, CorpusSpec, iter_documents
-from activation_cache.models import BUILTIN_SMOLLM2, resolve_device
+from activation_cache.models import BUILTIN_SMOLLM2
 from activation_cache.packing import pack_rows
+from interp_sae.runtime import resolve_device
 
 SHARED_TOKENIZER = Path(__file__).resolve().parents[2] / "shared/data/gpt-neox-20b-tokenizer.json"
 

@@ -29,16 +29,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from harvest_throughput import pythia70m_random
 
 import dictionaries as D
-from activation_cache import ActivationStore, HarvestConfig, harvest
+from activation_cache import ActivationStore, HarvestConfig, Split, harvest
 from activation_cache.corpus import BUILTIN_PYTHON_DOCS
-from activation_cache.models import resolve_device
 from interp_sae.inspect_stats import (
     FeatureAccumulator,
-    encode_batch,
     feature_statistics,
     resolve_rank_by,
     split_batches,
 )
+from interp_sae.runtime import resolve_device
 
 HOOK = "blocks.3.hook_resid_post"
 
@@ -89,7 +88,7 @@ def main() -> None:
         dictionary = D.create(D.make_config(args.architecture, d=store.d(HOOK), n_latents=args.latents), seed=0)
         dictionary = dictionary.to(device).eval()
         rank_by = resolve_rank_by(dictionary, args.rank_by)
-        batches = list(split_batches(store, HOOK, "all", args.batch_size, device))
+        batches = list(split_batches(store, HOOK, "all", Split(), args.batch_size, device))
         tokens = sum(len(x) for x, _ in batches)
         print(
             f"{args.architecture} d={dictionary.config.d} κ={args.latents} on {device}, {tokens:,} vectors, "
@@ -101,10 +100,10 @@ def main() -> None:
                 dictionary.encode(x)
 
         def inspect_pass() -> None:
-            acc = FeatureAccumulator(args.latents, args.top_k, rank_by, device)
+            acc = FeatureAccumulator(args.latents, args.top_k, rank_by, device, dictionary.rank_scores)
             for x, indices in batches:
-                features, fires, log_var = encode_batch(dictionary, x)
-                acc.update(features, fires, indices, log_var)
+                features, fires, auxiliary = dictionary.inspection_batch(x)
+                acc.update(features, fires, indices, auxiliary)
 
         bare(), inspect_pass()  # warm-up
         bare_s = min(timed(device, bare) for _ in range(args.repeats))
@@ -112,7 +111,7 @@ def main() -> None:
         end_to_end_s = timed(
             device,
             lambda: feature_statistics(
-                store, dictionary, HOOK, split="all", top_k=args.top_k, rank_by=rank_by, batch_size=args.batch_size
+                store, dictionary, HOOK, side="all", top_k=args.top_k, rank_by=rank_by, batch_size=args.batch_size
             ),
         )
     bare_rate, pass_rate, end_to_end = tokens / bare_s, tokens / pass_s, tokens / end_to_end_s

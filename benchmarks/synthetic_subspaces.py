@@ -137,7 +137,7 @@ def main() -> None:
     results = {}
     for name, model in result.dictionaries.items():
         with torch.no_grad():
-            ad = D.active_mask(model, test.to(next(model.parameters()).device)).sum(-1).float().cpu()
+            ad = model.active_mask(test.to(next(model.parameters()).device)).sum(-1).float().cpu()
         cells = []
         for s in range(len(args.dims)):
             group = ad[test_labels == s]

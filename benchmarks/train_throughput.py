@@ -18,6 +18,7 @@ import time
 import torch
 
 import dictionaries as D
+from interp_sae.runtime import resolve_device
 
 
 def synchronize(device: torch.device) -> None:
@@ -52,7 +53,7 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--d", type=int, default=512)
     args = parser.parse_args()
-    device = D.resolve_device(args.device)
+    device = resolve_device(args.device)
     torch.backends.cuda.matmul.allow_tf32 = False
     batch, kappas, repeats, n = (256, [1024, 4096], 3, 1024) if args.small else (2048, [4096, 16384], 20, 8192)
     peaks = {p: matmul_peak(n, dt, device, repeats) for p, dt in (("fp32", torch.float32), ("bf16", torch.bfloat16))}

@@ -11,13 +11,13 @@ metrics, save/load and the trainer. Pure tensors in, tensors out: no knowledge o
 
 # Architecture modules register themselves on import; a new architecture is one new file here.
 from dictionaries import sae, topk_aux, vae, wsae  # noqa: F401
-from dictionaries.base import Dictionary, DictionaryConfig, LossTerms
+from dictionaries.base import CannotExport, Dictionary, DictionaryConfig, LossTerms, SAELensExport
 from dictionaries.data import BatchSource, TensorBatchSource, take_vectors, train_test_split
 from dictionaries.io import FORMAT_VERSION, load_dictionary, save_dictionary
-from dictionaries.metrics import active_mask, ad_re_curve, evaluate, two_means_low_mask
+from dictionaries.metrics import ad_re_curve, evaluate, two_means_low_mask
 from dictionaries.registry import REGISTRY, create, dictionary_class, make_config, register
 from dictionaries.schedules import ScheduleConfig, learning_rate
-from dictionaries.trainer import NonFiniteLossError, TrainConfig, TrainResult, resolve_device, train, training_step
+from dictionaries.trainer import NonFiniteLossError, TrainConfig, TrainResult, train, training_step
 from dictionaries.weights import ESTIMATORS, estimate_weights, load_weights_file
 
 __all__ = [
@@ -25,15 +25,16 @@ __all__ = [
     "FORMAT_VERSION",
     "REGISTRY",
     "BatchSource",
+    "CannotExport",
     "Dictionary",
     "DictionaryConfig",
     "LossTerms",
     "NonFiniteLossError",
+    "SAELensExport",
     "ScheduleConfig",
     "TensorBatchSource",
     "TrainConfig",
     "TrainResult",
-    "active_mask",
     "ad_re_curve",
     "create",
     "dictionary_class",
@@ -44,7 +45,6 @@ __all__ = [
     "load_weights_file",
     "make_config",
     "register",
-    "resolve_device",
     "save_dictionary",
     "take_vectors",
     "train",

@@ -6,7 +6,6 @@ checkpoint or the new one. No pickle: optimiser state is flattened into named te
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -14,20 +13,14 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from interp_sae.atomic import write_atomic
+
 _STATE_KEY = "state"
 
 
 def save_checkpoint(path: str | Path, tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    save_file(
-        {k: t.detach().cpu().contiguous() for k, t in tensors.items()},
-        tmp,
-        metadata={_STATE_KEY: json.dumps(state)},
-    )
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    flat = {k: t.detach().cpu().contiguous() for k, t in tensors.items()}
+    write_atomic(path, lambda tmp: save_file(flat, tmp, metadata={_STATE_KEY: json.dumps(state)}))
 
 
 def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

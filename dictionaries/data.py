@@ -11,6 +11,8 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import torch
 
+from interp_sae.errors import ConfigError
+
 
 @runtime_checkable
 class BatchSource(Protocol):
@@ -49,9 +51,9 @@ class TensorBatchSource:
         self, data: torch.Tensor, batch_size: int, seed: int = 0, shuffle: bool = True, drop_last: bool = True
     ) -> None:
         if data.ndim != 2:
-            raise ValueError(f"data must be [N, d], got shape {tuple(data.shape)}")
+            raise ConfigError(f"data must be [N, d], got shape {tuple(data.shape)}")
         if batch_size < 1 or (drop_last and data.shape[0] < batch_size):
-            raise ValueError(f"batch_size {batch_size} does not fit {data.shape[0]} vectors")
+            raise ConfigError(f"batch_size {batch_size} does not fit {data.shape[0]} vectors")
         self.data, self.batch_size, self.seed = data, batch_size, seed
         self.shuffle, self.drop_last = shuffle, drop_last
         self.d = data.shape[1]
@@ -76,7 +78,7 @@ def train_test_split(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Random (train, test) split of the rows of `data` (the authors held out 10 %)."""
     if not 0 < test_fraction < 1:
-        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+        raise ConfigError(f"test_fraction must be in (0, 1), got {test_fraction}")
     order = torch.randperm(data.shape[0], generator=torch.Generator().manual_seed(seed)).to(data.device)
     n_test = max(1, round(test_fraction * data.shape[0]))
     return data[order[n_test:]], data[order[:n_test]]
@@ -91,5 +93,5 @@ def take_vectors(source: BatchSource, n: int, epoch: int = 0) -> torch.Tensor:
         if count >= n:
             break
     if not parts:
-        raise ValueError("the batch source yielded no batches")
+        raise ConfigError("the batch source yielded no batches")
     return torch.cat(parts)

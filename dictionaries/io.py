@@ -10,7 +10,6 @@ loaded dictionary reproduces the saved one's outputs exactly.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import torch
@@ -18,16 +17,12 @@ from safetensors.torch import load_file, save_file
 
 from dictionaries.base import Dictionary
 from dictionaries.registry import REGISTRY, dictionary_class
+from interp_sae.atomic import write_atomic, write_json_atomic
+from interp_sae.errors import ConfigError
 
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
-
-
-def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    write(tmp)
-    os.replace(tmp, path)
 
 
 def save_dictionary(model: Dictionary, path: str | Path, metadata: dict | None = None) -> Path:
@@ -44,8 +39,8 @@ def save_dictionary(model: Dictionary, path: str | Path, metadata: dict | None =
     }
     tensors = {name: t.detach().cpu().contiguous() for name, t in model.state_dict().items()}
     meta = {"format_version": str(FORMAT_VERSION), "architecture": model.architecture}
-    _atomic_write(path / WEIGHTS_FILE, lambda tmp: save_file(tensors, tmp, metadata=meta))
-    _atomic_write(path / CONFIG_FILE, lambda tmp: tmp.write_text(json.dumps(header, indent=2) + "\n"))
+    write_atomic(path / WEIGHTS_FILE, lambda tmp: save_file(tensors, tmp, metadata=meta))
+    write_json_atomic(path / CONFIG_FILE, header, indent=2)
     return path
 
 
@@ -60,13 +55,13 @@ def load_dictionary(path: str | Path, device: str | torch.device = "cpu") -> Dic
     header = json.loads(config_path.read_text())
     version = header.get("format_version")
     if version != FORMAT_VERSION:
-        raise ValueError(
+        raise ConfigError(
             f"{config_path}: format_version {version!r} is not supported (this interp-sae reads version "
             f"{FORMAT_VERSION}); upgrade interp-sae or re-save the dictionary"
         )
     architecture = header.get("architecture")
     if architecture not in REGISTRY:
-        raise ValueError(f"{config_path}: unknown architecture {architecture!r}; known: {sorted(REGISTRY)}")
+        raise ConfigError(f"{config_path}: unknown architecture {architecture!r}; known: {sorted(REGISTRY)}")
     config = dictionary_class(architecture).config_class.from_dict(header["config"])
     model = dictionary_class(architecture)(config)
 
@@ -74,12 +69,12 @@ def load_dictionary(path: str | Path, device: str | torch.device = "cpu") -> Dic
     expected = model.state_dict()
     missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
     if missing or unexpected:
-        raise ValueError(
+        raise ConfigError(
             f"{weights_path}: tensors do not match a {architecture} model: missing {missing}, unexpected {unexpected}"
         )
     for name, tensor in tensors.items():
         if tensor.shape != expected[name].shape:
-            raise ValueError(
+            raise ConfigError(
                 f"{weights_path}: {name} has shape {tuple(tensor.shape)} but the config "
                 f"(d={config.d}, n_latents={config.n_latents}) needs {tuple(expected[name].shape)}"
             )

@@ -12,12 +12,15 @@ AD is the count of active latents; dead and dense fractions use the same active 
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
 
 import torch
 
 from dictionaries.base import Dictionary, squared_error
 from dictionaries.data import BatchSource
+from interp_sae.atomic import write_atomic, write_text_atomic
+from interp_sae.errors import ConfigError
 
 
 def two_means_low_mask(values: torch.Tensor) -> torch.Tensor:
@@ -42,24 +45,6 @@ def two_means_low_mask(values: torch.Tensor) -> torch.Tensor:
     return (v <= threshold) & ~degenerate
 
 
-def active_mask(model: Dictionary, x: torch.Tensor) -> torch.Tensor:
-    """[B, κ] bool: which latents are active for each vector (see module docstring)."""
-    if model.variational:
-        return two_means_low_mask(model.latent_log_variance(x))
-    return model.encode(x) != 0
-
-
-def activity_score(model: Dictionary, x: torch.Tensor) -> torch.Tensor:
-    """[B, κ], larger = more active: −log σ² for variational dictionaries, |z| for SAEs."""
-    if model.variational:
-        return -model.latent_log_variance(x)
-    return model.encode(x).abs()
-
-
-def ad_method(model: Dictionary) -> str:
-    return "two_means_log_variance" if model.variational else "l0"
-
-
 @torch.no_grad()
 def evaluate(
     model: Dictionary,
@@ -82,18 +67,20 @@ def evaluate(
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    n = 0
+    n, sampled_any = 0, False
     sse = sse_sample = sum_sq = ad_sum = ad_sq = 0.0
     sum_x = torch.zeros(model.config.d, dtype=torch.float64, device=device)
     fire_count = torch.zeros(model.config.n_latents, dtype=torch.float64, device=device)
     for batch in source.batches(0):
         x = batch[: max_vectors - n].to(device, torch.float32)
         sse += float(squared_error(x, model(x)).double().sum())
-        if model.variational:
-            sse_sample += float(squared_error(x, model.sample_reconstruction(x, generator)).double().sum())
+        sampled = model.sampled_reconstruction(x, generator)
+        if sampled is not None:
+            sampled_any = True
+            sse_sample += float(squared_error(x, sampled).double().sum())
         sum_x += x.double().sum(0)
         sum_sq += float(x.double().pow(2).sum())
-        mask = active_mask(model, x)
+        mask = model.active_mask(x)
         ad = mask.sum(-1).double()
         ad_sum, ad_sq = ad_sum + float(ad.sum()), ad_sq + float(ad.pow(2).sum())
         fire_count += mask.sum(0).double()
@@ -102,7 +89,7 @@ def evaluate(
             break
     model.train(was_training)
     if n == 0:
-        raise ValueError("evaluation source yielded no vectors")
+        raise ConfigError("evaluation source yielded no vectors")
     total_variance = sum_sq - float(sum_x.pow(2).sum()) / n
     fvu = sse / total_variance if total_variance > 0 else float("nan")
     ad_mean = ad_sum / n
@@ -113,15 +100,15 @@ def evaluate(
         "explained_variance_deterministic": 1 - fvu,
         "ad_mean": ad_mean,
         "ad_std": max(ad_sq / n - ad_mean**2, 0.0) ** 0.5,
-        "ad_method": ad_method(model),
+        "ad_method": model.ad_method,
         "dead_fraction": float((fire_count == 0).double().mean()),
         "dense_fraction": float((fire_count / n > dense_threshold).double().mean()),
     }
-    if model.variational:
+    if sampled_any:
         report["re_sample"] = sse_sample / n
-        report["gamma"] = model.gamma
-    else:
+    if model.ad_method == "l0":
         report["l0_mean"] = ad_mean
+    report.update(model.report_extras())
     return report
 
 
@@ -132,7 +119,7 @@ def ad_re_curve(model: Dictionary, x: torch.Tensor, max_k: int | None = None) ->
     was_training = model.training
     model.eval()
     features = model.encode(x).float()
-    order = activity_score(model, x).argsort(dim=-1, descending=True)
+    order = model.activity_score(x).argsort(dim=-1, descending=True)
     directions = model.feature_directions.float()
     x_hat = model.decode(torch.zeros_like(features)).float()
     curve = []
@@ -152,10 +139,11 @@ def ad_re_curve(model: Dictionary, x: torch.Tensor, max_k: int | None = None) ->
 
 
 def write_curve_csv(curve: list[tuple[int, float]], path: str | Path) -> None:
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["k", "re_deterministic"])
-        writer.writerows(curve)
+    lines = io.StringIO()
+    writer = csv.writer(lines)
+    writer.writerow(["k", "re_deterministic"])
+    writer.writerows(curve)
+    write_text_atomic(path, lines.getvalue())
 
 
 def plot_ad_re_curves(curves: dict[str, list[tuple[int, float]]], path: str | Path) -> None:
@@ -172,4 +160,4 @@ def plot_ad_re_curves(curves: dict[str, list[tuple[int, float]]], path: str | Pa
     ax.set_yscale("log")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))

@@ -7,6 +7,7 @@ from typing import Any
 import torch
 
 from dictionaries.base import Dictionary, DictionaryConfig
+from interp_sae.errors import ConfigError
 
 REGISTRY: dict[str, type[Dictionary]] = {}
 
@@ -14,7 +15,7 @@ REGISTRY: dict[str, type[Dictionary]] = {}
 def register(cls: type[Dictionary]) -> type[Dictionary]:
     name = cls.config_class.architecture
     if name in REGISTRY and REGISTRY[name] is not cls:
-        raise ValueError(f"architecture {name!r} is already registered by {REGISTRY[name].__qualname__}")
+        raise ConfigError(f"architecture {name!r} is already registered by {REGISTRY[name].__qualname__}")
     REGISTRY[name] = cls
     return cls
 
@@ -23,7 +24,7 @@ def dictionary_class(architecture: str) -> type[Dictionary]:
     try:
         return REGISTRY[architecture]
     except KeyError:
-        raise ValueError(f"unknown architecture {architecture!r}; known: {sorted(REGISTRY)}") from None
+        raise ConfigError(f"unknown architecture {architecture!r}; known: {sorted(REGISTRY)}") from None
 
 
 def make_config(architecture: str, **fields: Any) -> DictionaryConfig:

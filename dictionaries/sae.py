@@ -12,8 +12,16 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from dictionaries.base import Dictionary, DictionaryConfig, LossTerms, squared_error
+from dictionaries.base import (
+    Dictionary,
+    DictionaryConfig,
+    LossTerms,
+    SAELensExport,
+    fold_linear_sae,
+    squared_error,
+)
 from dictionaries.registry import register
+from interp_sae.errors import ConfigError
 
 
 def topk_activations(pre: torch.Tensor, k: int) -> torch.Tensor:
@@ -47,6 +55,10 @@ class ReLUEncoderSAE(Dictionary):
     def _reconstruction_error(self, xn: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
         """Batch mean of the per-vector reconstruction error (the weighted SAE overrides it)."""
         return squared_error(xn, x_hat).mean()
+
+    def saelens_export(self) -> SAELensExport:
+        """SAELens "standard": the same linear encoder, ReLU and linear decoder."""
+        return SAELensExport("standard", False, fold_linear_sae(self.encoder, self.decoder, self.input_scale))
 
 
 @dataclass(kw_only=True)
@@ -104,7 +116,7 @@ class SAETopKConfig(DictionaryConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         if not 1 <= self.k <= self.n_latents:
-            raise ValueError(f"k must be in [1, n_latents={self.n_latents}], got {self.k}")
+            raise ConfigError(f"k must be in [1, n_latents={self.n_latents}], got {self.k}")
 
 
 @register
@@ -118,3 +130,8 @@ class SAETopK(ReLUEncoderSAE):
 
     def _loss(self, xn: torch.Tensor, generator: torch.Generator | None) -> LossTerms:
         return {"recon": self._reconstruction_error(xn, self.decoder(self._encode(xn)))}
+
+    def saelens_export(self) -> SAELensExport:
+        """SAELens "topk": our k largest of ReLU(pre) is its ReLU of the k largest pre."""
+        tensors = fold_linear_sae(self.encoder, self.decoder, self.input_scale)
+        return SAELensExport("topk", False, tensors, {"k": self.config.k, "rescale_acts_by_decoder_norm": False})

@@ -6,6 +6,8 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
+from interp_sae.errors import ConfigError
+
 ScheduleKind = Literal["cosine_warm_restarts", "constant", "warmup_constant", "warmup_cosine"]
 
 
@@ -24,9 +26,9 @@ class ScheduleConfig:
 
     def __post_init__(self) -> None:
         if self.kind not in ("cosine_warm_restarts", "constant", "warmup_constant", "warmup_cosine"):
-            raise ValueError(f"unknown schedule kind {self.kind!r}")
+            raise ConfigError(f"unknown schedule kind {self.kind!r}")
         if self.t0 < 1 or self.t_mult < 1 or self.warmup_steps < 0:
-            raise ValueError("t0 and t_mult must be ≥ 1 and warmup_steps ≥ 0")
+            raise ConfigError("t0 and t_mult must be ≥ 1 and warmup_steps ≥ 0")
 
 
 def _cosine(base: float, low: float, t: float, period: float) -> float:

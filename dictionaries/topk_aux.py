@@ -17,9 +17,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from dictionaries.base import Dictionary, DictionaryConfig, LossTerms, squared_error
+from dictionaries.base import Dictionary, DictionaryConfig, LossTerms, SAELensExport, fold_linear_sae, squared_error
 from dictionaries.registry import register
 from dictionaries.sae import topk_activations
+from interp_sae.errors import ConfigError
 
 
 @dataclass(kw_only=True)
@@ -34,7 +35,7 @@ class TopKAuxConfig(DictionaryConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         if not 1 <= self.k <= self.n_latents:
-            raise ValueError(f"k must be in [1, n_latents={self.n_latents}], got {self.k}")
+            raise ConfigError(f"k must be in [1, n_latents={self.n_latents}], got {self.k}")
 
 
 @register
@@ -89,3 +90,8 @@ class TopKAux(Dictionary):
             "recon": squared_error(xn, x_hat).mean(),
             "aux": cfg.aux_coefficient * squared_error(residual, aux_hat).mean(),
         }
+
+    def saelens_export(self) -> SAELensExport:
+        """SAELens "topk" with apply_b_dec_to_input: it encodes x − b_dec, as this recipe does."""
+        tensors = fold_linear_sae(self.encoder, self.decoder, self.input_scale)
+        return SAELensExport("topk", True, tensors, {"k": self.config.k, "rescale_acts_by_decoder_norm": False})

@@ -33,12 +33,15 @@ from tqdm.auto import tqdm
 from dictionaries.base import Dictionary, DictionaryConfig, LossTerms
 from dictionaries.checkpoint import load_checkpoint, optimizer_from_flat, optimizer_to_flat, save_checkpoint
 from dictionaries.data import BatchSource, derive_seed, take_vectors
-from dictionaries.distributed import Cluster, LossModule, join_cluster, local_device
+from dictionaries.distributed import LossModule, wrap_for_cluster
 from dictionaries.io import save_dictionary
 from dictionaries.metrics import ad_re_curve, evaluate, plot_ad_re_curves, write_curve_csv
 from dictionaries.registry import create
 from dictionaries.run_log import RunLog
 from dictionaries.schedules import ScheduleConfig, learning_rate
+from interp_sae.atomic import remove_stale_temporaries, write_json_atomic
+from interp_sae.errors import ConfigError, InterpSAEError
+from interp_sae.runtime import Cluster, join_cluster, resolve_device
 
 CHECKPOINT_FILE = "checkpoint.safetensors"
 # Purposes for derive_seed, so initialisation, training noise and evaluation noise never share a stream.
@@ -80,15 +83,15 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if self.precision not in ("fp32", "bf16"):
-            raise ValueError(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
+            raise ConfigError(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
         if self.epochs < 1 or self.lr <= 0:
-            raise ValueError(f"need epochs ≥ 1 and lr > 0, got epochs={self.epochs}, lr={self.lr}")
+            raise ConfigError(f"need epochs ≥ 1 and lr > 0, got epochs={self.epochs}, lr={self.lr}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(InterpSAEError, FloatingPointError):
     """A loss term became NaN or Inf; training stopped before applying the update."""
 
 
@@ -98,12 +101,6 @@ class TrainResult:
     metrics: dict[str, dict]
     out_dir: Path
     steps: int
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def training_step(
@@ -140,7 +137,7 @@ class _Run:
         self.eval_split = "held_out" if eval_source is not None else "train"
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        self.device = local_device(resolve_device(config.device))
+        self.device = resolve_device(config.device)
         self.cluster = join_cluster(self.device)
         self.models: dict[str, Dictionary] = {}
         for i, (name, spec) in enumerate(dictionaries.items()):
@@ -148,9 +145,11 @@ class _Run:
                 create(spec, seed=derive_seed(config.seed, _INIT, i)) if isinstance(spec, DictionaryConfig) else spec
             )
             if model.config.d != train_source.d:
-                raise ValueError(f"dictionary {name!r} has d={model.config.d} but the batches have d={train_source.d}")
+                raise ConfigError(f"dictionary {name!r} has d={model.config.d} but the batches have d={train_source.d}")
             self.models[name] = model.to(self.device).train()
-        self.replicas = {name: self.cluster.wrap(LossModule(m), self.device) for name, m in self.models.items()}
+        self.replicas = {
+            name: wrap_for_cluster(LossModule(m), self.cluster, self.device) for name, m in self.models.items()
+        }
         fused = self.device.type == "cuda"  # one kernel per step on GPU; the CPU path stays the reference
         self.optimizers = {
             name: torch.optim.Adam(m.parameters(), lr=config.lr, betas=config.betas, fused=fused)
@@ -176,8 +175,8 @@ class _Run:
     # --- set-up and resume -------------------------------------------------------------------
     def start(self) -> None:
         if self.cluster.is_main:
-            for stale in self.out_dir.glob(f".{CHECKPOINT_FILE}.tmp*"):
-                stale.unlink()  # a checkpoint half-written when a run was killed; the previous one stands
+            # A checkpoint half-written when a run was killed; the previous one stands.
+            remove_stale_temporaries(self.out_dir, CHECKPOINT_FILE)
         if self.checkpoint_path.exists():
             self._restore()
             return
@@ -189,18 +188,13 @@ class _Run:
         for model in self.models.values():
             model.prepare(sample)
         if self.cluster.is_main:
-            (self.out_dir / "train_config.json").write_text(
-                json.dumps(
-                    {
-                        "train": self.config.to_dict(),
-                        "dictionaries": self.signature["dictionaries"],
-                        "steps_per_epoch": self.steps_per_epoch,
-                        "eval_split": self.eval_split,
-                    },
-                    indent=2,
-                )
-                + "\n"
-            )
+            run_config = {
+                "train": self.config.to_dict(),
+                "dictionaries": self.signature["dictionaries"],
+                "steps_per_epoch": self.steps_per_epoch,
+                "eval_split": self.eval_split,
+            }
+            write_json_atomic(self.out_dir / "train_config.json", run_config, indent=2)
 
     def _restore(self) -> None:
         tensors, state = load_checkpoint(self.checkpoint_path)
@@ -208,7 +202,7 @@ class _Run:
             differ = sorted(
                 k for k in self.signature if state["signature"].get(k) != json.loads(json.dumps(self.signature[k]))
             )
-            raise ValueError(
+            raise ConfigError(
                 f"{self.checkpoint_path} belongs to a run with different {', '.join(differ)}; "
                 "use a new out_dir, or delete the checkpoint to start over"
             )
@@ -353,9 +347,18 @@ class _Run:
             folder = save_dictionary(
                 model,
                 self.out_dir / name,
-                metadata={**self.metadata, "training": self.config.to_dict(), "metrics": reports[name]},
+                metadata={
+                    **self.metadata,
+                    "training": self.config.to_dict(),
+                    "metrics": reports[name],
+                    # Applied inside the dictionary (its input_scale), recorded so readers know it was used.
+                    "input_normalization": {
+                        "kind": "mean_norm_sqrt_d" if self.config.normalize_input else "none",
+                        "input_scale": float(model.input_scale),
+                    },
+                },
             )
-            (folder / "metrics.json").write_text(json.dumps({"step": self.step, **reports[name]}, indent=2) + "\n")
+            write_json_atomic(folder / "metrics.json", {"step": self.step, **reports[name]}, indent=2)
             curves[name] = ad_re_curve(model, sample, self.config.curve_max_k)
             write_curve_csv(curves[name], folder / "ad_re_curve.csv")
             plot_ad_re_curves({name: curves[name]}, folder / "ad_re_curve.png")
@@ -393,7 +396,7 @@ def train(
     Resumes automatically from `out_dir`'s checkpoint. Raises NonFiniteLossError on NaN/Inf.
     `metadata` (provenance: hook, model, dataset, ...) is saved in every dictionary's config.json."""
     if not dictionaries:
-        raise ValueError("nothing to train: pass at least one dictionary")
+        raise ConfigError("nothing to train: pass at least one dictionary")
     config = config or TrainConfig()
     run = _Run(dict(dictionaries), train_source, out_dir, config, eval_source, metadata or {})
     run.start()

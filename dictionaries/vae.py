@@ -17,8 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dictionaries.base import Dictionary, DictionaryConfig, LossTerms, squared_error
+from dictionaries.base import CannotExport, Dictionary, DictionaryConfig, LossTerms, SAELensExport, squared_error
+from dictionaries.metrics import two_means_low_mask
 from dictionaries.registry import register
+from interp_sae.errors import ConfigError
 
 
 @dataclass(kw_only=True)
@@ -41,9 +43,9 @@ class VAEaseConfig(DictionaryConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.encoder not in ("swish_split", "mlp"):
-            raise ValueError(f"encoder must be 'swish_split' or 'mlp', got {self.encoder!r}")
+            raise ConfigError(f"encoder must be 'swish_split' or 'mlp', got {self.encoder!r}")
         if self.encoder == "mlp" and self.encoder_layers < 1:
-            raise ValueError(f"encoder_layers must be ≥ 1, got {self.encoder_layers}")
+            raise ConfigError(f"encoder_layers must be ≥ 1, got {self.encoder_layers}")
 
 
 @dataclass(kw_only=True)
@@ -54,8 +56,10 @@ class VAEConfig(VAEaseConfig):
 @register
 class VAEase(Dictionary):
     config_class = VAEaseConfig
-    variational = True
     gated = True
+    ad_method = "two_means_log_variance"
+    """Active = the low group of a 1-D 2-means split of the vector's κ values of log σ² (SPEC §4)."""
+    rank_modes = ("value", "abs", "one_minus_sigma")
 
     def __init__(self, config: VAEaseConfig) -> None:
         super().__init__(config)
@@ -104,9 +108,38 @@ class VAEase(Dictionary):
         x_hat = self.decoder(self._code(mu + std * eps, std))
         return x_hat, mu, log_var
 
-    def sample_reconstruction(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def sampled_reconstruction(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Reconstruction from one posterior sample (what the authors' RE reports)."""
         return self._sample_reconstruction(x * self.input_scale, generator)[0] / self.input_scale
+
+    def active_mask(self, x: torch.Tensor) -> torch.Tensor:
+        return two_means_low_mask(self.latent_log_variance(x))
+
+    def activity_score(self, x: torch.Tensor) -> torch.Tensor:
+        return -self.latent_log_variance(x)
+
+    def report_extras(self) -> dict[str, float]:
+        return {"gamma": self.gamma}
+
+    def inspection_batch(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Features are the signed gated mean; a latent fires when it is active (see `active_mask`);
+        the auxiliary tensor is log σ², for ranking by 1 − σ."""
+        log_var = self.latent_log_variance(x)
+        return self.encode(x).float(), two_means_low_mask(log_var), log_var
+
+    def rank_scores(self, mode: str, values: torch.Tensor, auxiliary: torch.Tensor | None) -> torch.Tensor:
+        if mode == "one_minus_sigma" and auxiliary is not None:
+            return 1 - torch.exp(0.5 * auxiliary.float())  # how far the posterior left the prior
+        return super().rank_scores(mode, values, auxiliary)
+
+    def saelens_export(self) -> SAELensExport:
+        raise CannotExport(
+            "VAEase's code is the gated mean (1 − σ) ⊙ μ, and the gate σ comes from the encoder's variance head, "
+            "which SAELens has no slot for"
+            if self.gated
+            else "the VAE's code is the posterior mean μ of a swish (SiLU) or multi-layer encoder, and SAELens's "
+            "SAEs encode with one linear layer and ReLU, TopK or JumpReLU"
+        )
 
     def _loss(self, xn: torch.Tensor, generator: torch.Generator | None) -> LossTerms:
         x_hat, mu, log_var = self._sample_reconstruction(xn, generator)

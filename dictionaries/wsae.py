@@ -12,10 +12,11 @@ from typing import Literal
 
 import torch
 
-from dictionaries.base import DictionaryConfig, LossTerms
+from dictionaries.base import DictionaryConfig, LossTerms, SAELensExport, fold_linear_sae
 from dictionaries.registry import register
 from dictionaries.sae import ReLUEncoderSAE, decoder_l2, l1_penalty, topk_activations
 from dictionaries.weights import ESTIMATORS, estimate_weights, load_weights_file
+from interp_sae.errors import ConfigError
 
 
 @dataclass(kw_only=True)
@@ -37,13 +38,13 @@ class WSAEConfig(DictionaryConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.encoder not in ("relu", "topk"):
-            raise ValueError(f"encoder must be 'relu' or 'topk', got {self.encoder!r}")
+            raise ConfigError(f"encoder must be 'relu' or 'topk', got {self.encoder!r}")
         if self.encoder == "topk" and not 1 <= self.k <= self.n_latents:
-            raise ValueError(f"k must be in [1, n_latents={self.n_latents}], got {self.k}")
+            raise ConfigError(f"k must be in [1, n_latents={self.n_latents}], got {self.k}")
         if self.estimator == "file" and not self.weights_file:
-            raise ValueError("estimator 'file' needs weights_file (a .safetensors or .json path)")
+            raise ConfigError("estimator 'file' needs weights_file (a .safetensors or .json path)")
         if self.estimator != "file" and self.estimator not in ESTIMATORS:
-            raise ValueError(f"unknown estimator {self.estimator!r}; known: {sorted(ESTIMATORS)} or 'file'")
+            raise ConfigError(f"unknown estimator {self.estimator!r}; known: {sorted(ESTIMATORS)} or 'file'")
 
 
 @register
@@ -77,3 +78,10 @@ class WSAE(ReLUEncoderSAE):
             terms["sparsity"] = self.config.l1_coefficient * l1_penalty(f)
             terms["decoder_l2"] = self.config.decoder_l2_coefficient * decoder_l2(self.decoder)
         return terms
+
+    def saelens_export(self) -> SAELensExport:
+        """Γ only weights the training loss, so the encoder and decoder are a plain ReLU or TopK SAE."""
+        if self.config.encoder == "relu":
+            return super().saelens_export()
+        tensors = fold_linear_sae(self.encoder, self.decoder, self.input_scale)
+        return SAELensExport("topk", False, tensors, {"k": self.config.k, "rescale_acts_by_decoder_norm": False})

@@ -17,8 +17,8 @@ import numpy as np
 import torch
 
 from activation_cache import ActivationStore, LanguageModel
-from activation_cache.store_format import DOC_IDS, TOKEN_IDS
 from dictionaries import Dictionary
+from interp_sae.errors import ConfigError
 from interp_sae.splice import Splice, prediction_mask, run_logits, token_losses
 
 
@@ -33,9 +33,9 @@ def context_sequence(store: ActivationStore, index: int, after: int) -> tuple[li
     change earlier predictions, so the rest of the row is not run)."""
     shard, local = store.locate(index)
     row, pos = divmod(local, store.context_length)
-    arrays = store.token_arrays(shard)
+    tokens = store.tokens(shard)
     end = pos + after + 1
-    return arrays[TOKEN_IDS][row, :end].tolist(), (arrays[DOC_IDS][row, :end] >= 0).tolist()
+    return tokens.token_ids[row, :end].tolist(), (tokens.doc_ids[row, :end] >= 0).tolist()
 
 
 @torch.no_grad()
@@ -54,7 +54,7 @@ def ablate(
     """Ablate `features` on each (token ids, document mask) sequence; returns the JSON-ready
     result (schema: docs/INSPECT_SCHEMA.md, "ablation"). Moves the dictionary to the model's device."""
     if not features:
-        raise ValueError("no feature to ablate: give at least one feature index")
+        raise ConfigError("no feature to ablate: give at least one feature index")
     dictionary = dictionary.to(lm.device)
     baseline = Splice(dictionary, hook, with_error=with_error)
     ablated = Splice(dictionary, hook, with_error=with_error, ablate=features, mode=mode, means=means)

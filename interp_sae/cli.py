@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from pathlib import Path
 
 import typer
 
+import dictionaries as D
 from activation_cache import corpus, models
 from activation_cache.harvest import HarvestConfig
+from interp_sae import cli_inspect, cli_share
+from interp_sae.cli_common import boundary
 from interp_sae.pipeline import PipelineConfig
+from interp_sae.train_from_store import DEFAULT_ARCHITECTURES, DEFAULT_LATENTS, DataConfig
 
 app = typer.Typer(
     help="Harvest LLM activations, train VAEase and sparse autoencoders on them, inspect and share the features.",
@@ -19,23 +22,11 @@ app = typer.Typer(
     rich_markup_mode="markdown",  # joins docstring lines into paragraphs in --help
 )
 
+# Every option's default is read from the config it fills: one place to change a default.
 _DEFAULTS = HarvestConfig(out="")
 _PIPELINE = PipelineConfig()
-
-
-def _fail(exc: Exception) -> None:
-    typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(code=2)
-
-
-@contextmanager
-def _resumable(kept: str):
-    """Ctrl-C ends a long job with a line saying what was kept, not a traceback."""
-    try:
-        yield
-    except KeyboardInterrupt:
-        typer.secho(f"\ninterrupted: {kept}; rerun the same command to resume", fg=typer.colors.YELLOW, err=True)
-        raise SystemExit(130) from None  # not typer.Exit: that is a RuntimeError, which the commands catch
+_TRAIN = D.TrainConfig()
+_DATA = DataConfig()
 
 
 @app.command()
@@ -97,7 +88,7 @@ def harvest(
     """
     from activation_cache.harvest import harvest as run_harvest
 
-    try:
+    with boundary("every complete shard is kept"):
         config = HarvestConfig(
             out=str(out),
             model=model,
@@ -116,22 +107,17 @@ def harvest(
             device=device,
             on_nonfinite=on_nonfinite,
         )
-        with _resumable("every complete shard is kept"):
-            run_harvest(config, progress=not quiet, repair=repair)
-    except (ValueError, RuntimeError, OSError) as exc:
-        _fail(exc)
+        run_harvest(config, progress=not quiet, repair=repair)
 
 
 @app.command()
 def verify(store: Path = typer.Argument(..., help="Store folder to check.")) -> None:
     """Check every shard of a store against the sizes and checksums in its manifest."""
-    from activation_cache.reader import ActivationStore
+    from activation_cache import ActivationStore
 
-    try:
+    with boundary():
         opened = ActivationStore(store)
         problems = opened.verify()
-    except (ValueError, OSError) as exc:
-        _fail(exc)
     manifest = opened.manifest
     status = "complete" if manifest.complete else "incomplete (rerun the harvest command to finish it)"
     typer.echo(f"{store}: {len(manifest.shards)} shards, {manifest.tokens:,} tokens, {status}")
@@ -151,38 +137,49 @@ def train(
         "-o",
         help="Run folder: checkpoint, log.jsonl, AD–RE curves, one subfolder per dictionary. Rerun the same command to resume.",
     ),
-    hook: str | None = typer.Option(None, help="Hook to train on (default: the store's only hook)."),
+    hook: str | None = typer.Option(_DATA.hook, help="Hook to train on (default: the store's only hook)."),
     arch: list[str] = typer.Option(
-        ["vaease"],
+        DEFAULT_ARCHITECTURES,
         "--arch",
-        help="Architecture; repeat to train several on the same batches: vaease, vae, sae_l1, sae_log, sae_topk, wsae, topk_aux.",
+        help=f"Architecture; repeat to train several on the same batches: {', '.join(sorted(D.REGISTRY))}.",
     ),
     latents: list[int] = typer.Option(
-        [300], "--latents", help="Number of features κ; repeat for a size sweep (each --arch × each size)."
+        [DEFAULT_LATENTS], "--latents", help="Number of features κ; repeat for a size sweep (each --arch × each size)."
     ),
     set_: list[str] = typer.Option(
         [],
         "--set",
         help="Architecture hyperparameter ARCH.FIELD=VALUE, e.g. sae_topk.k=32, sae_l1.l1_coefficient=0.1, wsae.estimator=kurtosis, wsae.encoder=topk.",
     ),
-    epochs: int = typer.Option(35, help="Passes over the training split (paper default 35)."),
-    lr: float = typer.Option(5e-3, help="Adam learning rate (paper default 5e-3)."),
-    batch_size: int = typer.Option(2048, help="Vectors per step (paper default 2048)."),
+    epochs: int = typer.Option(_TRAIN.epochs, help="Passes over the training split (paper default 35)."),
+    lr: float = typer.Option(_TRAIN.lr, help="Adam learning rate (paper default 5e-3)."),
+    batch_size: int = typer.Option(_DATA.batch_size, help="Vectors per step (paper default 2048)."),
     schedule: str = typer.Option(
-        "cosine_warm_restarts",
+        _TRAIN.schedule.kind,
         help="cosine_warm_restarts (paper: T0=5 batches, Tmult=2, stepped per batch), constant, warmup_constant, warmup_cosine.",
     ),
-    warmup_steps: int = typer.Option(1000, help="Warm-up length for the warmup_* schedules."),
-    seed: int = typer.Option(114514, help="Seed of initialisation, batch order and VAE noise (paper: 114514)."),
-    val_fraction: float = typer.Option(0.1, help="Fraction of documents held out for evaluation (paper: 90/10)."),
-    precision: str = typer.Option("fp32", help="fp32, or bf16 autocast of the forward pass (parameters stay fp32)."),
-    normalize_input: bool = typer.Option(
-        False, help="Scale inputs to mean norm √d during training; folded back on save."
+    warmup_steps: int = typer.Option(_TRAIN.schedule.warmup_steps, help="Warm-up length for the warmup_* schedules."),
+    seed: int = typer.Option(_TRAIN.seed, help="Seed of initialisation, batch order and VAE noise (paper: 114514)."),
+    val_fraction: float = typer.Option(
+        _DATA.split.val_fraction,
+        help="Fraction of documents held out for evaluation (paper: 90/10). Recorded in every dictionary: "
+        "inspect, ablate and loss recovered reuse it.",
     ),
-    device: str = typer.Option("auto", help="auto (cuda when present, else cpu), cpu, cuda, cuda:1, ..."),
-    checkpoint_every: int = typer.Option(1000, help="Steps between checkpoints (atomic; the resume points)."),
-    eval_every: int = typer.Option(0, help="Steps between held-out evaluations (0: only at the end)."),
-    wandb_project: str | None = typer.Option(None, help="Also log to this Weights & Biases project (needs `wandb`)."),
+    split_seed: int = typer.Option(_DATA.split.seed, help="Seed of the document hash that decides the held-out split."),
+    precision: str = typer.Option(
+        _TRAIN.precision, help="fp32, or bf16 autocast of the forward pass (parameters stay fp32)."
+    ),
+    normalize_input: bool = typer.Option(
+        _TRAIN.normalize_input, help="Scale inputs to mean norm √d during training; folded back on save."
+    ),
+    device: str = typer.Option(_TRAIN.device, help="auto (cuda when present, else cpu), cpu, cuda, cuda:1, ..."),
+    checkpoint_every: int = typer.Option(
+        _TRAIN.checkpoint_every, help="Steps between checkpoints (atomic; the resume points)."
+    ),
+    eval_every: int = typer.Option(_TRAIN.eval_every, help="Steps between held-out evaluations (0: only at the end)."),
+    wandb_project: str | None = typer.Option(
+        _TRAIN.wandb_project, help="Also log to this Weights & Biases project (needs `wandb`)."
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Train one or more dictionaries on a store's hook, all on the same shuffled batches.
@@ -191,12 +188,10 @@ def train(
     logged to log.jsonl and saved next to each dictionary with its AD–RE curve. Kill it at any
     time: the same command resumes from the last checkpoint.
     """
-    import dictionaries as D
+    from activation_cache import ActivationStore, Split
     from interp_sae.train_from_store import choose_hook, dictionary_configs, parse_overrides, train_from_store
 
-    try:
-        from activation_cache import ActivationStore
-
+    with boundary("the last checkpoint is kept"):
         opened = ActivationStore(store)
         d = opened.d(choose_hook(opened, hook))
         configs = dictionary_configs(list(arch), list(latents), d, parse_overrides(list(set_)))
@@ -213,12 +208,8 @@ def train(
             wandb_project=wandb_project,
             progress=not quiet,
         )
-        with _resumable("the last checkpoint is kept"):
-            train_from_store(
-                store, configs, out, train_config, hook=hook, batch_size=batch_size, val_fraction=val_fraction
-            )
-    except (ValueError, RuntimeError, OSError, KeyError) as exc:
-        _fail(exc)
+        data = DataConfig(hook=hook, batch_size=batch_size, split=Split(val_fraction, split_seed))
+        train_from_store(store, configs, out, train_config, data)
 
 
 @app.command()
@@ -266,34 +257,28 @@ def demo(
     from interp_sae.pipeline import PipelineConfig, merge_overrides, run_pipeline
     from interp_sae.train_from_store import parse_overrides
 
-    try:
-        with _resumable("finished steps and checkpoints are kept"):
-            run_pipeline(
-                PipelineConfig(
-                    out=str(out),
-                    model=model,
-                    dataset=dataset,
-                    hook=hook,
-                    tokens=tokens,
-                    context_length=context_length,
-                    architectures=list(arch),
-                    latents=latents,
-                    normalize_input=normalize_input,
-                    epochs=epochs,
-                    overrides=merge_overrides(_PIPELINE.overrides, parse_overrides(list(set_)), list(arch)),
-                    batch_size=batch_size,
-                    loss_rows=loss_rows,
-                    inspect_dictionary=inspect,
-                    device=device,
-                ),
-                say=typer.echo,
-            )
-    except (ValueError, RuntimeError, OSError, KeyError) as exc:
-        _fail(exc)
+    with boundary("finished steps and checkpoints are kept"):
+        run_pipeline(
+            PipelineConfig(
+                out=str(out),
+                model=model,
+                dataset=dataset,
+                hook=hook,
+                tokens=tokens,
+                context_length=context_length,
+                architectures=list(arch),
+                latents=latents,
+                normalize_input=normalize_input,
+                epochs=epochs,
+                overrides=merge_overrides(_PIPELINE.overrides, parse_overrides(list(set_)), list(arch)),
+                batch_size=batch_size,
+                loss_rows=loss_rows,
+                inspect_dictionary=inspect,
+                device=device,
+            ),
+            say=typer.echo,
+        )
 
-
-# Command groups that live in their own modules (they import `_fail` from here when they run).
-from interp_sae import cli_inspect, cli_share  # noqa: E402
 
 cli_share.register(app)
 cli_inspect.register(app)

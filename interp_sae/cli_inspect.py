@@ -1,17 +1,27 @@
-"""`interp-sae inspect` and `interp-sae ablate`: thin layers over interp_sae.inspector and .ablation."""
+"""`interp-sae inspect` and `interp-sae ablate`: thin layers over interp_sae.inspector and .ablation.
+
+Hook, held-out split and model default to what the dictionary recorded when it was trained
+(interp_sae.provenance): nothing is asked twice.
+"""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
 
+from interp_sae.atomic import write_json_atomic
+from interp_sae.cli_common import ALLOW_OTHER_HOOK_HELP, ALLOW_OTHER_STORE_HELP, boundary
+from interp_sae.errors import ConfigError
 from interp_sae.inspect_stats import RANK_MODES
+from interp_sae.inspector import InspectConfig
+from interp_sae.splice import ABLATION_MODES
 
+_INSPECT = InspectConfig()
 _MODEL_HELP = (
     "Model spec (HF id, local folder, .gguf, builtin:smollm2); default: the model the store was harvested with."
 )
+_HOOK_HELP = "Hook the dictionary reads; default: the one it was trained on (recorded in its config.json)."
 
 
 def _load_model(spec: str, device: str):
@@ -21,43 +31,48 @@ def _load_model(spec: str, device: str):
 
 
 def inspect(
-    store: Path = typer.Argument(..., help="Activation store folder."),
+    store: Path = typer.Argument(..., help="Activation store folder (the one the dictionary was trained on)."),
     dictionary: Path = typer.Argument(..., help="Dictionary folder (config.json + model.safetensors)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder: inspection.json and report.html."),
-    hook: str | None = typer.Option(None, help="Hook the dictionary reads; default: the store's only hook."),
+    hook: str | None = typer.Option(None, help=_HOOK_HELP),
     split: str = typer.Option(
-        "validation", help="Store split to inspect: validation (held-out documents), train or all."
+        _INSPECT.split,
+        help="Side of the dictionary's held-out split to inspect: validation (documents it never trained on), "
+        "train or all. The split itself is the one the dictionary recorded.",
     ),
-    top_k: int = typer.Option(20, help="Top activating tokens kept per feature."),
-    window: int = typer.Option(16, help="Context tokens either side of each top token."),
+    top_k: int = typer.Option(_INSPECT.top_k, help="Top activating tokens kept per feature."),
+    window: int = typer.Option(_INSPECT.window, help="Context tokens either side of each top token."),
     rank_by: str | None = typer.Option(
-        None,
+        _INSPECT.rank_by,
         help=f"Ranking of top tokens: {' | '.join(RANK_MODES)}; default abs (= value for non-negative SAE features).",
     ),
     model: str | None = typer.Option(None, help=_MODEL_HELP),
     no_model: bool = typer.Option(False, "--no-model", help="Skip logit effects, loss recovered and ablation."),
     ablate: list[int] = typer.Option([], "--ablate", help="Feature to ablate on its own top contexts; repeatable."),
-    ablation_mode: str = typer.Option("zero", help="zero | mean."),
-    loss_rows: int = typer.Option(64, help="Held-out rows for loss recovered."),
-    batch_size: int = typer.Option(4096, help="Vectors per batch of the statistics pass."),
+    ablation_mode: str = typer.Option(_INSPECT.ablation_mode, help=" | ".join(ABLATION_MODES) + "."),
+    loss_rows: int = typer.Option(_INSPECT.loss_rows, help="Held-out rows for loss recovered."),
+    batch_size: int = typer.Option(_INSPECT.batch_size, help="Vectors per batch of the statistics pass."),
     device: str = typer.Option("auto", help="auto (cuda when present), cpu, cuda, ..."),
+    allow_other_store: bool = typer.Option(False, "--allow-other-store", help=ALLOW_OTHER_STORE_HELP),
+    allow_other_hook: bool = typer.Option(False, "--allow-other-hook", help=ALLOW_OTHER_HOOK_HELP),
 ) -> None:
     """Statistics, top contexts, logit effects, loss recovered and ablations of every feature;
     writes inspection.json (schema: docs/INSPECT_SCHEMA.md) and a self-contained report.html."""
     from activation_cache import ActivationStore
     from dictionaries import load_dictionary
-    from interp_sae.cli import _fail
-    from interp_sae.inspector import InspectConfig, write_inspection
     from interp_sae.inspector import inspect as run_inspect
+    from interp_sae.inspector import write_inspection
+    from interp_sae.provenance import resolve
     from interp_sae.report import write_report
+    from interp_sae.runtime import resolve_device
 
-    try:
+    with boundary():
         opened = ActivationStore(store)
-        loaded = load_dictionary(
-            dictionary
-        )  # before the model: a wrong path should fail in a second, not after loading it
+        loaded = load_dictionary(dictionary)
+        allowed = {"allow_other_store": allow_other_store, "allow_other_hook": allow_other_hook}
+        hook, _ = resolve(loaded, opened, hook, **allowed)  # before the model: a mistake fails in a second
         lm = None if no_model else _load_model(model or opened.manifest.model["id"], device)
-        loaded = loaded.to(lm.device if lm is not None else _device(device))
+        loaded = loaded.to(lm.device if lm is not None else resolve_device(device))
         config = InspectConfig(
             split=split,
             top_k=top_k,
@@ -68,10 +83,8 @@ def inspect(
             ablate=list(ablate),
             ablation_mode=ablation_mode,
         )
-        results = run_inspect(opened, loaded, hook, config, lm=lm, dictionary_path=str(dictionary))
+        results = run_inspect(opened, loaded, hook, config, lm=lm, dictionary_path=str(dictionary), **allowed)
         json_path, report_path = write_inspection(results, out), write_report(results, out)
-    except (ValueError, RuntimeError, OSError) as exc:
-        _fail(exc)
     typer.echo(f"{results['n_features']} features over {results['tokens']:,} tokens → {json_path}, {report_path}")
     if results["downstream"]:
         typer.echo(f"fraction of loss recovered: {results['downstream']['fraction_recovered']}")
@@ -89,16 +102,15 @@ def ablate(
     ),
     store: Path | None = typer.Option(
         None,
-        help="Store the dictionary was trained on: default model and hook, "
-        "top contexts, and feature means for --mode mean.",
+        help="Store the dictionary was trained on: default model, top contexts, and feature means for --mode mean.",
     ),
     inspection: Path | None = typer.Option(
         None, help="An `inspect` output (folder or JSON): feature means and top contexts."
     ),
-    model: str | None = typer.Option(None, help=_MODEL_HELP.replace("the store", "--store")),
-    hook: str | None = typer.Option(
-        None, help="Hook to splice at; default: the inspection's, or the store's only hook."
+    model: str | None = typer.Option(
+        None, help=_MODEL_HELP.replace("the store", "--store (else the model the dictionary records)")
     ),
+    hook: str | None = typer.Option(None, help=_HOOK_HELP),
     mode: str = typer.Option("zero", help="zero | mean (the feature's mean activation on the store)."),
     no_error: bool = typer.Option(
         False,
@@ -108,12 +120,12 @@ def ablate(
     ),
     out: Path | None = typer.Option(None, "--out", "-o", help="Write the full result as JSON here."),
     device: str = typer.Option("auto", help="auto (cuda when present), cpu, cuda, ..."),
+    allow_other_store: bool = typer.Option(False, "--allow-other-store", help=ALLOW_OTHER_STORE_HELP),
+    allow_other_hook: bool = typer.Option(False, "--allow-other-hook", help=ALLOW_OTHER_HOOK_HELP),
 ) -> None:
     """Ablate features inside the running model: Δ loss and Δ next-token logit per token, and the
     predictions that move most."""
-    from interp_sae.cli import _fail
-
-    try:
+    with boundary():
         result = _run_ablation(
             dictionary,
             list(feature),
@@ -127,9 +139,8 @@ def ablate(
             mode,
             not no_error,
             device,
+            {"allow_other_store": allow_other_store, "allow_other_hook": allow_other_hook},
         )
-    except (ValueError, RuntimeError, OSError) as exc:
-        _fail(exc)
     for sequence in result["sequences"]:
         deltas = [p["delta_loss"] for p in sequence["predictions"]]
         typer.echo(f"{sequence['text']!r}: mean Δ loss {sum(deltas) / max(len(deltas), 1):+.5f}")
@@ -140,7 +151,7 @@ def ablate(
             )
     typer.echo(f"mean Δ loss per token over all texts: {result['mean_delta_loss']}")
     if out:
-        out.write_text(json.dumps(result, ensure_ascii=False, indent=1))
+        write_json_atomic(out, result)
         typer.echo(f"wrote {out}")
 
 
@@ -157,33 +168,35 @@ def _run_ablation(
     mode,
     with_error,
     device,
+    allowed,
 ):
     from activation_cache import ActivationStore
     from dictionaries import load_dictionary
     from interp_sae.ablation import ablate as run_ablation
     from interp_sae.ablation import context_sequence, text_sequence
-    from interp_sae.inspector import default_hook, read_inspection
+    from interp_sae.inspector import read_inspection
+    from interp_sae.provenance import TrainedOn, resolve
 
     store = ActivationStore(store_path) if store_path else None
     inspected = read_inspection(inspection_path) if inspection_path else None
-    if model is None and store is None:
-        raise ValueError("no model: pass --model, or --store to use the model the store was harvested with")
-    lm = _load_model(model or store.manifest.model["id"], device)
-    loaded = load_dictionary(dictionary_path, device=lm.device)
+    loaded = load_dictionary(dictionary_path)
     unknown = [j for j in features if not 0 <= j < loaded.config.n_latents]
     if unknown:
-        raise ValueError(
+        raise ConfigError(
             f"features {unknown} do not exist: the dictionary has features 0 … {loaded.config.n_latents - 1}"
         )
-    hook = hook or (inspected["hook"] if inspected else default_hook(store, loaded) if store else None)
-    if hook is None:
-        raise ValueError("no hook: pass --hook, --inspection or --store")
+    hook, split = resolve(loaded, store, hook or (inspected["hook"] if inspected else None), **allowed)
+    model = model or (store.manifest.model["id"] if store else TrainedOn.of(loaded).model)
+    if model is None:
+        raise ConfigError("no model: the dictionary records none; pass --model, or --store")
+    lm = _load_model(model, device)
+    loaded = loaded.to(lm.device)
     if texts_file:
         texts += [line for line in texts_file.read_text().splitlines() if line.strip()]
     sequences = [text_sequence(lm, t) for t in texts]
     if top_contexts:
         if not (inspected and store):
-            raise ValueError("--top-contexts needs --inspection (which tokens) and --store (their rows)")
+            raise ConfigError("--top-contexts needs --inspection (which tokens) and --store (their rows)")
         window = inspected["config"]["window"]
         sequences += [
             context_sequence(store, e["index"], window)
@@ -191,14 +204,14 @@ def _run_ablation(
             for e in inspected["features"][j]["top_examples"]
         ]
     if not sequences:
-        raise ValueError("nothing to run: pass --text, --texts-file or --top-contexts")
+        raise ConfigError("nothing to run: pass --text, --texts-file or --top-contexts")
     means = None
     if mode == "mean":
-        means = _feature_means(loaded, inspected, store, hook)
+        means = _feature_means(loaded, inspected, store, hook, split)
     return run_ablation(lm, loaded, hook, sequences, features, mode=mode, means=means, with_error=with_error)
 
 
-def _feature_means(dictionary, inspected, store, hook):
+def _feature_means(dictionary, inspected, store, hook, split):
     import torch
 
     from interp_sae.inspect_stats import feature_statistics
@@ -206,14 +219,8 @@ def _feature_means(dictionary, inspected, store, hook):
     if inspected:
         return torch.tensor([f["mean"] for f in inspected["features"]])
     if store is None:
-        raise ValueError("--mode mean needs the features' means: pass --inspection (an `inspect` output) or --store")
-    return feature_statistics(store, dictionary, hook, split="train", top_k=0).mean
-
-
-def _device(device: str):
-    from activation_cache.models import resolve_device
-
-    return resolve_device(device)
+        raise ConfigError("--mode mean needs the features' means: pass --inspection (an `inspect` output) or --store")
+    return feature_statistics(store, dictionary, hook, side="train", split=split, top_k=0).mean
 
 
 def register(app: typer.Typer) -> None:

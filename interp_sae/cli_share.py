@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import NoReturn
 
 import typer
 
 from interp_sae import hub, saelens
+from interp_sae.cli_common import boundary
+from interp_sae.errors import ConfigError
 
 TOKEN_HELP = "Hugging Face token. Default: HF_TOKEN, then the token `hf auth login` stored (prefer those: a token on the command line shows in the process list)."
-ERRORS = (hub.HubError, ValueError, OSError)  # SAELensError is a ValueError
 
 
 def register(app: typer.Typer) -> None:
@@ -44,12 +44,10 @@ def push(
     Dictionaries already in the repository stay listed in the card.
     """
     source = folders[0] if len(folders) == 1 else folders
-    try:
+    with boundary():
         commit = hub.push_to_hub(
             source, repo_id, private=private, revision=revision, commit_message=message, token=token
         )
-    except ERRORS as error:
-        _fail(error)
     typer.echo(commit.commit_url)
 
 
@@ -71,7 +69,7 @@ def pull(
 
     With HF_HUB_OFFLINE=1 it is served from the cache, without the network.
     """
-    try:
+    with boundary():
         folder = hub.download(repo_id_or_path, subfolder=subfolder, revision=revision, token=token)
         model = hub.load_folder(folder)
         if out is not None:
@@ -79,8 +77,6 @@ def pull(
                 raise hub.HubError(f"--out {out} is not empty: choose a new or empty folder.")
             shutil.copytree(folder, out, dirs_exist_ok=True, ignore=shutil.ignore_patterns(".*"))
             folder = out
-    except ERRORS as error:
-        _fail(error)
     typer.echo(f"{model.architecture}: d={model.config.d}, κ={model.config.n_latents}", err=True)
     typer.echo(folder)
 
@@ -121,12 +117,10 @@ def export_saelens(
         "dataset_path": dataset_path,
         "context_size": context_size,
     }
-    try:
+    with boundary():
         frequency, from_inspection = _read_inspection(inspection) if inspection else (None, {})
         metadata = {**from_inspection, **{key: value for key, value in given.items() if value is not None}}
         saelens.export_saelens(dictionary, out, firing_frequency=frequency, metadata=metadata)
-    except ERRORS as error:
-        _fail(error)
     typer.echo(out)
 
 
@@ -141,10 +135,8 @@ def import_saelens(
     standard becomes sae_l1 (a plain ReLU SAE), topk becomes topk_aux (b_dec subtracted from the
     input) or sae_topk. Only JSON and safetensors are read: pickled weights are refused.
     """
-    try:
+    with boundary():
         saelens.import_saelens(folder, out)
-    except ERRORS as error:
-        _fail(error)
     typer.echo(out)
 
 
@@ -159,10 +151,4 @@ def _read_inspection(path: Path) -> tuple[list[float], dict[str, str | None]]:
             "model_name": results["model"],
         }
     except (KeyError, TypeError) as error:
-        raise ValueError(f"{path} is not an inspection written by `interp-sae inspect` (no {error}).") from error
-
-
-def _fail(error: Exception) -> NoReturn:
-    from interp_sae.cli import _fail as fail  # imported here: interp_sae.cli imports this module as it loads
-
-    fail(error)
+        raise ConfigError(f"{path} is not an inspection written by `interp-sae inspect` (no {error}).") from error

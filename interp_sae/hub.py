@@ -45,10 +45,10 @@ from safetensors import SafetensorError, safe_open
 
 import dictionaries
 from dictionaries.base import Dictionary
+from dictionaries.io import CONFIG_FILE, WEIGHTS_FILE
 from interp_sae import model_card
+from interp_sae.errors import InterpSAEError
 
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
 # Data and figures only (a trained dictionary's folder also holds its AD-RE curve as CSV and PNG):
 # nothing that can carry code, like pickle.
 SHARED_SUFFIXES = (".json", ".safetensors", ".csv", ".png")
@@ -58,7 +58,7 @@ DEFAULT_COMMIT_MESSAGE = "Upload dictionaries with interp-sae"
 LOGIN_HINT = "run `hf auth login` or set HF_TOKEN"
 
 
-class HubError(RuntimeError):
+class HubError(InterpSAEError, RuntimeError):
     """A Hub operation or a dictionary folder failed; the message names the problem and the fix."""
 
 

@@ -14,9 +14,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from activation_cache import ActivationStore
-from activation_cache.store_format import DOC_IDS, DOC_POSITIONS, TOKEN_IDS
+from activation_cache import ActivationStore, ShardTokens
 from dictionaries import Dictionary
+from interp_sae.errors import ConfigError
 
 MARK_OPEN, MARK_CLOSE = "⟦", "⟧"
 _VECTORS_PER_CHUNK = 16384  # bounds the [vectors, κ] features held at once
@@ -51,7 +51,7 @@ def top_contexts(
     Each shard is read once; window vectors are encoded in chunks so memory stays bounded.
     """
     if window < 0:
-        raise ValueError(f"window must be ≥ 0, got {window}")
+        raise ConfigError(f"window must be ≥ 0, got {window}")
     by_shard: dict[int, list[tuple[int, int, int]]] = defaultdict(list)  # shard → (feature, rank, local index)
     for feature, indices in enumerate(top_indices):
         for rank, index in enumerate(indices):
@@ -61,12 +61,11 @@ def top_contexts(
     words = TokenText(tokenizer)
     per_chunk = max(1, _VECTORS_PER_CHUNK // (2 * window + 1))
     for shard, examples in sorted(by_shard.items()):
-        tensors = store.load_shard(shard, [hook, TOKEN_IDS, DOC_IDS, DOC_POSITIONS])
-        first = store.manifest.shards[shard].first_row * store.context_length
+        vectors, tokens = store.vectors(shard, hook), store.tokens(shard)
         for lo in range(0, len(examples), per_chunk):
             chunk = examples[lo : lo + per_chunk]
             for (feature, rank, _), record in zip(
-                chunk, _chunk_contexts(dictionary, hook, tensors, chunk, window, first, store.context_length, words)
+                chunk, _chunk_contexts(dictionary, vectors, tokens, chunk, window, store.context_length, words)
             ):
                 contexts[feature][rank] = record
     return contexts
@@ -74,11 +73,10 @@ def top_contexts(
 
 def _chunk_contexts(
     dictionary: Dictionary,
-    hook: str,
-    tensors: dict[str, torch.Tensor],
+    vectors: torch.Tensor,
+    shard_tokens: ShardTokens,
     chunk: list[tuple[int, int, int]],
     window: int,
-    first: int,
     ctx: int,
     words: TokenText,
 ) -> list[dict]:
@@ -88,11 +86,12 @@ def _chunk_contexts(
         spans.append((row, max(0, pos - window), min(ctx, pos + window + 1), pos))
     wanted = np.unique(np.concatenate([np.arange(row * ctx + lo, row * ctx + hi) for row, lo, hi, _ in spans]))
     device = dictionary.decoder.weight.device
-    features = dictionary.encode(tensors[hook][torch.from_numpy(wanted)].to(device).float()).cpu()
+    features = dictionary.encode(vectors[torch.from_numpy(wanted)].to(device).float()).cpu()
+    first = shard_tokens.first_index
     records = []
     for (feature, _, local), (row, lo, hi, pos) in zip(chunk, spans):
-        token_ids = tensors[TOKEN_IDS][row, lo:hi].tolist()
-        doc_ids = tensors[DOC_IDS][row, lo:hi].tolist()
+        token_ids = shard_tokens.token_ids[row, lo:hi].tolist()
+        doc_ids = shard_tokens.doc_ids[row, lo:hi].tolist()
         values = features[np.searchsorted(wanted, np.arange(row * ctx + lo, row * ctx + hi)), feature].tolist()
         tokens = [words.token(t) for t in token_ids]
         center = pos - lo
@@ -103,7 +102,7 @@ def _chunk_contexts(
                 "row": (first + local) // ctx,
                 "position": pos,
                 "doc_id": doc_ids[center],
-                "doc_position": int(tensors[DOC_POSITIONS][row, pos]),
+                "doc_position": int(shard_tokens.doc_positions[row, pos]),
                 "window_start": lo,
                 "center": center,
                 "token_ids": token_ids,

@@ -19,23 +19,25 @@ index: each score is packed with its index into one int64 key (order-preserving 
 the high 32 bits, the complemented index in the low 32), so ranking unique keys is exact and
 reproducible whatever the batch boundaries.
 
-A feature *fires* on a token as the metrics define "active" (dictionaries.metrics): non-zero
-for SAEs; for variational dictionaries, the low-variance group of the token's 1-D 2-means
-split of log σ². Histograms count firing activations only.
+A feature *fires* on a token as the dictionary's `active_mask` defines "active": non-zero for
+SAEs; for variational dictionaries, the low-variance group of the token's 1-D 2-means split of
+log σ². Which ranks a dictionary offers, and how it scores them, are its `rank_modes` and
+`rank_scores`. Histograms count firing activations only.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
-from activation_cache import ActivationStore
-from activation_cache.reader import split_mask
-from activation_cache.store_format import DOC_IDS
-from dictionaries import Dictionary, two_means_low_mask
+from activation_cache import ActivationStore, Split
+from dictionaries import Dictionary
+from interp_sae.errors import ConfigError
+
+RankScorer = Callable[[str, torch.Tensor, torch.Tensor | None], torch.Tensor]
+"""(mode, firing values, auxiliary) → scores: a dictionary's `rank_scores`."""
 
 RANK_MODES = ("value", "abs", "one_minus_sigma")
 DEFAULT_RANK_BY = "abs"
@@ -81,31 +83,13 @@ class FeatureStatistics:
 def resolve_rank_by(dictionary: Dictionary, rank_by: str | None) -> str:
     rank_by = rank_by or DEFAULT_RANK_BY
     if rank_by not in RANK_MODES:
-        raise ValueError(f"rank_by must be one of {RANK_MODES}, got {rank_by!r}")
-    if rank_by == "one_minus_sigma" and not dictionary.variational:
-        raise ValueError(
-            f"rank_by='one_minus_sigma' needs a variational dictionary (vae, vaease); "
-            f"{dictionary.architecture} has no σ: use 'value' or 'abs'"
+        raise ConfigError(f"rank_by must be one of {RANK_MODES}, got {rank_by!r}")
+    if rank_by not in dictionary.rank_modes:
+        raise ConfigError(
+            f"{dictionary.architecture} cannot rank by {rank_by!r} (it has no σ, only variational dictionaries "
+            f"such as vaease do): use one of {dictionary.rank_modes}"
         )
     return rank_by
-
-
-def encode_batch(dictionary: Dictionary, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """(activations [B, κ], fires bool [B, κ], log σ² [B, κ] or None) for raw vectors x [B, d]."""
-    features = dictionary.encode(x).float()
-    if not dictionary.variational:
-        return features, features != 0, None
-    log_var = dictionary.latent_log_variance(x)
-    return features, two_means_low_mask(log_var), log_var
-
-
-def rank_scores(rank_by: str, values: torch.Tensor, log_var: torch.Tensor | None) -> torch.Tensor:
-    """Rank scores of activations `values` (log σ² of the same entries for one_minus_sigma)."""
-    if rank_by == "value":
-        return values
-    if rank_by == "abs":
-        return values.abs()
-    return 1 - torch.exp(0.5 * log_var.float())
 
 
 def pack_keys(scores: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
@@ -132,10 +116,10 @@ class FeatureAccumulator:
     batch's entries that beat their feature's current k-th key are sorted and merged in.
     """
 
-    def __init__(self, n_features: int, top_k: int, rank_by: str, device: torch.device):
+    def __init__(self, n_features: int, top_k: int, rank_by: str, device: torch.device, scorer: RankScorer):
         if top_k < 0:
-            raise ValueError(f"top_k must be ≥ 0, got {top_k}")
-        self.top_k, self.rank_by, self.tokens = top_k, rank_by, 0
+            raise ConfigError(f"top_k must be ≥ 0, got {top_k}")
+        self.top_k, self.rank_by, self.scorer, self.tokens = top_k, rank_by, scorer, 0
         self.edges = torch.tensor(HISTOGRAM_EDGES, device=device)
         n_bins = len(HISTOGRAM_EDGES) + 1
         self.fire_count = torch.zeros(n_features, dtype=torch.int64, device=device)
@@ -147,10 +131,10 @@ class FeatureAccumulator:
         self.keys = torch.full((n_features, top_k), _SENTINEL, dtype=torch.int64, device=device)
 
     def update(
-        self, features: torch.Tensor, fires: torch.Tensor, indices: torch.Tensor, log_var: torch.Tensor | None = None
+        self, features: torch.Tensor, fires: torch.Tensor, indices: torch.Tensor, auxiliary: torch.Tensor | None = None
     ) -> None:
-        """Add a batch: features, fires (and log σ² for one_minus_sigma) [B, κ]; indices int64 [B]
-        (global vector indices)."""
+        """Add a batch: features, fires (and what the scorer needs beyond the values, e.g. log σ²)
+        [B, κ]; indices int64 [B] (global vector indices)."""
         self.tokens += features.shape[0]
         self.sum += features.sum(0).double()  # float32 within a batch, float64 across batches
         self.max = torch.maximum(self.max, features.amax(0))  # amax/amin: several times faster than aminmax
@@ -163,7 +147,7 @@ class FeatureAccumulator:
         bins = torch.bucketize(values, self.edges, right=True)
         self.histogram += torch.bincount(cols * (len(self.edges) + 1) + bins, minlength=self.histogram.numel())
         if self.top_k:
-            scores = rank_scores(self.rank_by, values, None if log_var is None else log_var.reshape(-1)[flat])
+            scores = self.scorer(self.rank_by, values, None if auxiliary is None else auxiliary.reshape(-1)[flat])
             self._merge(cols, pack_keys(scores, indices[rows]))
 
     def _merge(self, cols: torch.Tensor, keys: torch.Tensor) -> None:
@@ -201,24 +185,13 @@ class FeatureAccumulator:
 
 
 def split_batches(
-    store: ActivationStore,
-    hook: str,
-    split: str,
-    batch_size: int,
-    device: torch.device,
-    val_fraction: float = 0.1,
-    split_seed: int = 0,
+    store: ActivationStore, hook: str, side: str, split: Split, batch_size: int, device: torch.device
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """(float32 vectors [B, d] on `device`, global indices int64 [B]) of a split, in store order."""
-    ctx = store.context_length
-    for shard_index, shard in enumerate(store.manifest.shards):
-        tensors = store.load_shard(shard_index, [hook, DOC_IDS])
-        mask = split_mask(tensors[DOC_IDS].numpy(), split, val_fraction, split_seed).reshape(-1)
-        local = torch.from_numpy(np.flatnonzero(mask))
-        vectors = tensors[hook][local]
-        for lo in range(0, len(local), batch_size):
-            x = vectors[lo : lo + batch_size].to(device, non_blocking=True).float()
-            yield x, (local[lo : lo + batch_size] + shard.first_row * ctx).to(device)
+    """(float32 vectors [B, d] on `device`, global indices int64 [B]) of one side of a split, in store order."""
+    for chunk in store.iter_split(hook, side, split):
+        for lo in range(0, len(chunk.indices), batch_size):
+            x = chunk.vectors[lo : lo + batch_size].to(device, non_blocking=True).float()
+            yield x, chunk.indices[lo : lo + batch_size].to(device)
 
 
 @torch.no_grad()
@@ -227,35 +200,21 @@ def feature_statistics(
     dictionary: Dictionary,
     hook: str,
     *,
-    split: str = "validation",
+    side: str = "validation",
+    split: Split | None = None,
     top_k: int = 20,
     rank_by: str | None = None,
     batch_size: int = 4096,
-    val_fraction: float = 0.1,
-    split_seed: int = 0,
 ) -> FeatureStatistics:
-    """The streaming pass over `split` of `store` at `hook`, on the dictionary's device."""
-    check_store_width(store, hook, dictionary)
+    """The streaming pass over one side of `store`'s split at `hook`, on the dictionary's device."""
     if len(store) > _LOW_MASK:
-        raise ValueError(f"the store holds {len(store):,} vectors; top-k keys address at most {_LOW_MASK:,}")
+        raise ConfigError(f"the store holds {len(store):,} vectors; top-k keys address at most {_LOW_MASK:,}")
     rank_by = resolve_rank_by(dictionary, rank_by)
     device = dictionary.decoder.weight.device
-    acc = FeatureAccumulator(dictionary.config.n_latents, top_k, rank_by, device)
-    for x, indices in split_batches(store, hook, split, batch_size, device, val_fraction, split_seed):
-        features, fires, log_var = encode_batch(dictionary, x)
-        acc.update(features, fires, indices, log_var)
+    acc = FeatureAccumulator(dictionary.config.n_latents, top_k, rank_by, device, dictionary.rank_scores)
+    for x, indices in split_batches(store, hook, side, split or Split(), batch_size, device):
+        features, fires, auxiliary = dictionary.inspection_batch(x)
+        acc.update(features, fires, indices, auxiliary)
     if acc.tokens == 0:
-        raise ValueError(f"split {split!r} of {store.root} holds no vectors")
+        raise ConfigError(f"the {side!r} side of {store.root}'s split holds no vectors")
     return acc.result()
-
-
-def check_store_width(store: ActivationStore, hook: str, dictionary: Dictionary) -> None:
-    """A clear error when the store's hook width is not the dictionary's input width."""
-    if hook not in store.hooks:
-        raise ValueError(f"hook {hook!r} is not in the store {store.root}; it holds {store.hooks}")
-    if store.d(hook) != dictionary.config.d:
-        raise ValueError(
-            f"width mismatch: the dictionary takes d={dictionary.config.d} but the store's hook {hook!r} "
-            f"has d={store.d(hook)}. Pass the hook the dictionary was trained on (--hook), or a dictionary "
-            f"trained on this hook"
-        )

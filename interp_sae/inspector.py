@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,9 +21,12 @@ from typing import Any
 from activation_cache import ActivationStore, LanguageModel
 from dictionaries import Dictionary
 from interp_sae.ablation import ablate, context_sequence
+from interp_sae.atomic import write_json_atomic
+from interp_sae.errors import ConfigError
 from interp_sae.inspect_contexts import top_contexts
 from interp_sae.inspect_stats import HISTOGRAM_EDGES, FeatureStatistics, feature_statistics, resolve_rank_by
 from interp_sae.logit_effects import logit_effects
+from interp_sae.provenance import resolve
 from interp_sae.splice import loss_recovered
 
 SCHEMA_VERSION = 1
@@ -34,33 +36,21 @@ INSPECTION_FILE = "inspection.json"
 @dataclass
 class InspectConfig:
     split: str = "validation"
-    """Store split to inspect: held-out documents by default (the pass is 10× shorter than "all")."""
+    """Side of the dictionary's held-out split to inspect: validation (held-out documents, the
+    default: the pass is 10× shorter than "all"), train or all. The split itself (fraction and
+    seed) is the one the dictionary records."""
     top_k: int = 20
     window: int = 16
     """Tokens either side of each top example (within its packed row)."""
     rank_by: str | None = None
     """value | abs | one_minus_sigma; None = abs (see inspect_stats)."""
     batch_size: int = 4096
-    val_fraction: float = 0.1
-    split_seed: int = 0
     logit_top_n: int = 10
     loss_rows: int = 64
     """Held-out rows for loss recovered."""
     ablate: list[int] = field(default_factory=list)
     """Features to ablate on their own top contexts (needs the model)."""
     ablation_mode: str = "zero"
-
-
-def default_hook(store: ActivationStore, dictionary: Dictionary, hook: str | None = None) -> str:
-    """`hook` if given; else the store's only hook, or its only hook as wide as the dictionary."""
-    if hook is not None:
-        return hook
-    if len(store.hooks) == 1:
-        return store.hooks[0]
-    fitting = [h for h in store.hooks if store.d(h) == dictionary.config.d]
-    if len(fitting) != 1:
-        raise ValueError(f"the store holds hooks {store.hooks}; say which one the dictionary reads with --hook")
-    return fitting[0]
 
 
 def inspect(
@@ -70,9 +60,15 @@ def inspect(
     config: InspectConfig | None = None,
     lm: LanguageModel | None = None,
     dictionary_path: str | None = None,
+    *,
+    allow_other_store: bool = False,
+    allow_other_hook: bool = False,
 ) -> dict[str, Any]:
-    """Inspect every feature of `dictionary` on `store`; JSON-ready results."""
-    hook = default_hook(store, dictionary, hook)
+    """Inspect every feature of `dictionary` on `store`, at the hook and with the held-out split
+    the dictionary recorded (see interp_sae.provenance); JSON-ready results."""
+    hook, split = resolve(
+        dictionary, store, hook, allow_other_store=allow_other_store, allow_other_hook=allow_other_hook
+    )
     config = config or InspectConfig()
     config = dataclasses.replace(config, rank_by=resolve_rank_by(dictionary, config.rank_by))
     if lm is not None:
@@ -81,12 +77,11 @@ def inspect(
         store,
         dictionary,
         hook,
-        split=config.split,
+        side=config.split,
+        split=split,
         top_k=config.top_k,
         rank_by=config.rank_by,
         batch_size=config.batch_size,
-        val_fraction=config.val_fraction,
-        split_seed=config.split_seed,
     )
     contexts = top_contexts(store, dictionary, hook, stats.top_indices, config.window, store.tokenizer())
     features = [_feature_record(stats, j, contexts[j]) for j in range(dictionary.config.n_latents)]
@@ -97,12 +92,12 @@ def inspect(
         downstream = loss_recovered(
             lm,
             dictionary,
-            hook,
             store,
-            split=config.split,
+            hook=hook,
+            side=config.split,
             max_rows=config.loss_rows,
-            val_fraction=config.val_fraction,
-            split_seed=config.split_seed,
+            allow_other_store=allow_other_store,
+            allow_other_hook=allow_other_hook,
         )
         for j in config.ablate:
             indices = [example["index"] for example in features[j]["top_examples"]]
@@ -114,6 +109,7 @@ def inspect(
         "architecture": dictionary.architecture,
         "model": store.manifest.model.get("id"),
         "hook": hook,
+        "held_out_split": split.to_json(),
         "d": dictionary.config.d,
         "n_features": dictionary.config.n_latents,
         "tokens": stats.tokens,
@@ -162,16 +158,7 @@ def _feature_record(stats: FeatureStatistics, j: int, contexts: list[dict]) -> d
 
 def write_inspection(results: dict[str, Any], out_dir: str | Path) -> Path:
     """Write `out_dir/inspection.json` atomically; returns its path."""
-    return write_text_atomic(Path(out_dir) / INSPECTION_FILE, json.dumps(results, ensure_ascii=False))
-
-
-def write_text_atomic(path: Path, text: str) -> Path:
-    """Write through a temporary file and rename, so readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return write_json_atomic(Path(out_dir) / INSPECTION_FILE, results, indent=None)
 
 
 def read_inspection(path: str | Path) -> dict[str, Any]:
@@ -181,7 +168,7 @@ def read_inspection(path: str | Path) -> dict[str, Any]:
         path = path / INSPECTION_FILE
     results = json.loads(path.read_text())
     if results.get("schema_version") != SCHEMA_VERSION:
-        raise ValueError(
+        raise ConfigError(
             f"{path}: schema_version {results.get('schema_version')!r}, this interp-sae reads {SCHEMA_VERSION}"
         )
     return results

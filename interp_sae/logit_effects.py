@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from activation_cache import LanguageModel
+from interp_sae.errors import ConfigError
 
 
 def unembed_directions(lm: LanguageModel, directions: torch.Tensor) -> torch.Tensor:
@@ -33,7 +34,7 @@ def unembed_directions(lm: LanguageModel, directions: torch.Tensor) -> torch.Ten
     bridge = lm.bridge
     d_model = int(bridge.cfg.d_model)
     if directions.shape[-1] != d_model:
-        raise ValueError(
+        raise ConfigError(
             f"width mismatch: logit effects read directions of width d={directions.shape[-1]} through the "
             f"unembedding, which takes the model's d_model={d_model}. Only hooks on the residual stream "
             f"(hook_resid_*, hook_mlp_out, hook_attn_out) have logit effects"

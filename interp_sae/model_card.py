@@ -13,6 +13,8 @@ from typing import Any
 
 from huggingface_hub import ModelCardData
 
+from interp_sae.errors import ConfigError
+
 LIBRARY_NAME = "interp-sae"
 INDEX_FILE = "index.json"
 CARD_FILE = "README.md"
@@ -59,9 +61,9 @@ def build_index(entries: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
 def index_entries(index: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The entries of a parsed index.json; ValueError if it is not one this version can read."""
     if index.get("library_name") != LIBRARY_NAME or not isinstance(index.get("dictionaries"), list):
-        raise ValueError(f"not an {LIBRARY_NAME} index")
+        raise ConfigError(f"not an {LIBRARY_NAME} index")
     if index.get("index_version") != INDEX_VERSION:
-        raise ValueError(f"index version {index.get('index_version')!r} (this version reads {INDEX_VERSION})")
+        raise ConfigError(f"index version {index.get('index_version')!r} (this version reads {INDEX_VERSION})")
     return list(index["dictionaries"])
 
 

@@ -19,10 +19,11 @@ from activation_cache import ActivationStore, HarvestConfig, harvest, load_model
 from activation_cache.corpus import BUILTIN_PYTHON_DOCS
 from activation_cache.models import BUILTIN_SMOLLM2
 from interp_sae.ablation import ablate, context_sequence
-from interp_sae.inspector import InspectConfig, inspect, read_inspection, write_inspection, write_text_atomic
+from interp_sae.atomic import write_json_atomic, write_text_atomic
+from interp_sae.inspector import InspectConfig, inspect, read_inspection, write_inspection
 from interp_sae.report import write_report
 from interp_sae.splice import loss_recovered
-from interp_sae.train_from_store import dictionary_configs, train_from_store
+from interp_sae.train_from_store import DataConfig, dictionary_configs, train_from_store
 
 SUMMARY_FILE = "summary.json"
 
@@ -96,8 +97,7 @@ def run_pipeline(config: PipelineConfig, say=print) -> dict[str, Any]:
         D.TrainConfig(
             epochs=config.epochs, device=config.device, checkpoint_every=100, normalize_input=config.normalize_input
         ),
-        hook=config.hook,
-        batch_size=config.batch_size,
+        DataConfig(hook=config.hook, batch_size=config.batch_size),
     )
 
     say(f"[3/5] fraction of LM loss recovered with each dictionary spliced in ({config.loss_rows} held-out rows)")
@@ -106,7 +106,7 @@ def run_pipeline(config: PipelineConfig, say=print) -> dict[str, Any]:
         root / "downstream.json",
         _inputs_key(config.hook, config.loss_rows, files=weights),
         lambda: {
-            name: loss_recovered(lm, model, config.hook, store, max_rows=config.loss_rows)
+            name: loss_recovered(lm, model, store, max_rows=config.loss_rows)
             for name, model in result.dictionaries.items()
         },
     )
@@ -119,8 +119,7 @@ def run_pipeline(config: PipelineConfig, say=print) -> dict[str, Any]:
         lambda: inspect(
             store,
             result.dictionaries[name],
-            config.hook,
-            InspectConfig(loss_rows=config.loss_rows),
+            config=InspectConfig(loss_rows=config.loss_rows),
             lm=lm,
             dictionary_path=str(train_dir / name),
         ),
@@ -132,12 +131,12 @@ def run_pipeline(config: PipelineConfig, say=print) -> dict[str, Any]:
     record = inspection["features"][feature]
     if record["ablation"] is None:
         sequences = [context_sequence(store, example["index"], 16) for example in record["top_examples"]]
-        record["ablation"] = ablate(lm, result.dictionaries[name], config.hook, sequences, [feature])
+        record["ablation"] = ablate(lm, result.dictionaries[name], inspection["hook"], sequences, [feature])
         write_inspection(inspection, inspect_dir)
     report = write_report(inspection, inspect_dir)
 
     summary = _summary(config, result.metrics, downstream, inspection, feature, report, train_dir)
-    write_text_atomic(root / SUMMARY_FILE, json.dumps(summary, indent=1))
+    write_json_atomic(root / SUMMARY_FILE, summary)
     for line in _describe(summary):
         say(line)
     return summary
@@ -149,7 +148,7 @@ def _cached(path: Path, key: str, compute, read=None):
     if path.exists() and stamp.exists() and stamp.read_text() == key:
         return read(path) if read else json.loads(path.read_text())
     value = compute()
-    write_text_atomic(path, json.dumps(value, ensure_ascii=False))
+    write_json_atomic(path, value, indent=None)
     write_text_atomic(stamp, key)
     return value
 

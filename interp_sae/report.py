@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from interp_sae.inspector import write_text_atomic
+from interp_sae.atomic import write_text_atomic
 
 REPORT_FILE = "report.html"
 

@@ -19,13 +19,12 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import numpy as np
 import torch
 
 from activation_cache import ActivationStore, LanguageModel
-from activation_cache.reader import split_mask
-from activation_cache.store_format import DOC_IDS, TOKEN_IDS
 from dictionaries import Dictionary
+from interp_sae.errors import ConfigError
+from interp_sae.provenance import resolve
 
 ABLATION_MODES = ("zero", "mean")
 
@@ -48,13 +47,13 @@ class Splice:
         means: torch.Tensor | None = None,
     ):
         if mode not in ABLATION_MODES:
-            raise ValueError(f"ablation mode must be one of {ABLATION_MODES}, got {mode!r}")
+            raise ConfigError(f"ablation mode must be one of {ABLATION_MODES}, got {mode!r}")
         n = dictionary.config.n_latents
         bad = [j for j in ablate if not 0 <= j < n]
         if bad:
-            raise ValueError(f"features {bad} do not exist: the dictionary has features 0 … {n - 1}")
+            raise ConfigError(f"features {bad} do not exist: the dictionary has features 0 … {n - 1}")
         if mode == "mean" and ablate and means is None:
-            raise ValueError(
+            raise ConfigError(
                 "mean ablation needs the features' means: pass `means` (FeatureStatistics.mean, "
                 "or the `mean` of each feature in an inspection JSON)"
             )
@@ -95,7 +94,7 @@ class Splice:
 
 def check_model_width(dictionary: Dictionary, width: int, hook: str) -> None:
     if width != dictionary.config.d:
-        raise ValueError(
+        raise ConfigError(
             f"width mismatch: the dictionary takes d={dictionary.config.d} but the model's hook {hook!r} gives "
             f"d={width}. Splice at the hook the dictionary was trained on (--hook), with the model it was trained on"
         )
@@ -132,22 +131,27 @@ def token_losses(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
 def loss_recovered(
     lm: LanguageModel,
     dictionary: Dictionary,
-    hook: str,
     store: ActivationStore,
     *,
-    split: str = "validation",
+    hook: str | None = None,
+    side: str = "validation",
     max_rows: int = 64,
     batch_rows: int = 8,
-    val_fraction: float = 0.1,
-    split_seed: int = 0,
+    allow_other_store: bool = False,
+    allow_other_hook: bool = False,
 ) -> dict[str, Any]:
-    """Next-token loss clean, spliced and zero-ablated at `hook` on held-out rows of the store.
+    """Next-token loss clean, spliced and zero-ablated on rows of one side (held-out documents by
+    default) of the store's split, at the hook and with the split the dictionary recorded.
 
     fraction_recovered = (L_zero − L_spliced) / (L_zero − L_clean): 1 is a perfect dictionary,
     0 no better than deleting the hook's output. Moves the dictionary to the model's device.
     """
+    hook, split = resolve(
+        dictionary, store, hook, allow_other_store=allow_other_store, allow_other_hook=allow_other_hook
+    )
     dictionary = dictionary.to(lm.device)
-    ids, doc_mask, loss_mask = _held_out_rows(store, split, max_rows, val_fraction, split_seed)
+    ids, doc_mask, loss_mask = (torch.from_numpy(a) for a in store.rows(side, split, max_rows))
+    ids = ids.long()
     totals = {"clean": 0.0, "spliced": 0.0, "zero_ablated": 0.0}
     splice = Splice(dictionary, hook)
     count = 0
@@ -163,7 +167,7 @@ def loss_recovered(
             totals[name] += float(token_losses(run_logits(lm, batch, hooks), batch)[counted].double().sum())
         count += int(counted.sum())
     if count == 0:
-        raise ValueError(f"split {split!r} of {store.root} has no next-token predictions to score")
+        raise ConfigError(f"the {side!r} side of {store.root}'s split has no next-token predictions to score")
     losses = {f"{name}_loss": total / count for name, total in totals.items()}
     gap = losses["zero_ablated_loss"] - losses["clean_loss"]
     return {
@@ -171,31 +175,7 @@ def loss_recovered(
         "fraction_recovered": (losses["zero_ablated_loss"] - losses["spliced_loss"]) / gap if gap else None,
         "predictions": count,
         "rows": len(ids),
-        "split": split,
+        "split": side,
+        "held_out_split": split.to_json(),
         "hook": hook,
     }
-
-
-def _held_out_rows(
-    store: ActivationStore, split: str, max_rows: int, val_fraction: float, split_seed: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(token ids, document-token mask, split mask), each [rows, ctx], of the first `max_rows`
-    rows that hold tokens of `split`."""
-    ids, docs, masks, taken = [], [], [], 0
-    for shard in range(len(store.manifest.shards)):
-        if taken >= max_rows:
-            break
-        arrays = store.token_arrays(shard)
-        mask = split_mask(arrays[DOC_IDS], split, val_fraction, split_seed)
-        keep = np.flatnonzero(mask.any(1))[: max_rows - taken]
-        ids.append(arrays[TOKEN_IDS][keep])
-        docs.append(arrays[DOC_IDS][keep] >= 0)
-        masks.append(mask[keep])
-        taken += len(keep)
-    if taken == 0:
-        raise ValueError(f"split {split!r} of {store.root} holds no tokens")
-    return (
-        torch.from_numpy(np.concatenate(ids)).long(),
-        torch.from_numpy(np.concatenate(docs)),
-        torch.from_numpy(np.concatenate(masks)),
-    )

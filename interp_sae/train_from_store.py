@@ -8,15 +8,23 @@ same stream of batches, and each saved dictionary records where its data came fr
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 import dictionaries as D
-from activation_cache import ActivationStore, ShuffledBatches
-from dictionaries.distributed import local_device
+from activation_cache import ActivationStore, ShuffledBatches, Split
+from interp_sae.errors import ConfigError
+from interp_sae.provenance import data_provenance
+from interp_sae.runtime import resolve_device
+
+DEFAULT_ARCHITECTURES = ["vaease"]
+DEFAULT_LATENTS = 300  # κ, the VAEase authors' LLM setting
 
 
-class TrainSetupError(ValueError):
+class TrainSetupError(ConfigError):
     """The store and the requested dictionaries do not fit together."""
 
 
@@ -68,27 +76,16 @@ def dictionary_configs(
     return configs
 
 
-def store_provenance(store: ActivationStore, hook: str) -> dict[str, Any]:
-    """What a dictionary trained on this store remembers about its data. The flat keys are the
-    ones SAELens and the Hub card use too; ``harvest`` keeps the store's full provenance."""
-    manifest = store.manifest
-    return {
-        "hook_name": hook,
-        "model_name": manifest.model["id"],
-        "model_revision": manifest.model.get("revision"),
-        "dataset": manifest.dataset["id"],
-        "context_length": manifest.context_length,
-        "prepend_bos": True,  # every packed row starts with BOS
-        "harvest": {
-            "model": manifest.model,
-            "tokenizer": manifest.tokenizer,
-            "dataset": manifest.dataset,
-            "store": str(store.root.resolve()),
-            "tokens": manifest.tokens,
-            "valid_tokens": manifest.valid_tokens,
-            "dtype": manifest.dtype,
-        },
-    }
+@dataclass(kw_only=True)
+class DataConfig:
+    """Which vectors of a store to train on, and how many per step."""
+
+    hook: str | None = None
+    """Hook to train on; default: the store's only hook."""
+    batch_size: int = 2048
+    """Vectors per step (the VAEase authors' 2048)."""
+    split: Split = field(default_factory=Split)
+    """The held-out split by document; recorded in every dictionary and reused by later stages."""
 
 
 def train_from_store(
@@ -96,14 +93,11 @@ def train_from_store(
     configs: dict[str, D.DictionaryConfig],
     out: str | Path,
     train_config: D.TrainConfig,
-    *,
-    hook: str | None = None,
-    batch_size: int = 2048,
-    val_fraction: float = 0.1,
-    split_seed: int = 0,
+    data: DataConfig | None = None,
 ) -> D.TrainResult:
+    data = data or DataConfig()
     store = ActivationStore(store_path)
-    hook = choose_hook(store, hook)
+    hook = choose_hook(store, data.hook)
     d = store.d(hook)
     for name, config in configs.items():
         if config.d != d:
@@ -111,17 +105,33 @@ def train_from_store(
                 f"dictionary {name!r} takes d={config.d} inputs but {hook} in {store.root} has d={d}; "
                 f"build it with d={d}"
             )
-    device = local_device(D.resolve_device(train_config.device))  # under torchrun: this rank's GPU
-    split = dict(val_fraction=val_fraction, split_seed=split_seed, device=device)
-    train_source = ShuffledBatches(store, hook, batch_size, split="train", seed=train_config.seed, **split)
-    eval_source = ShuffledBatches(store, hook, batch_size, split="validation", seed=train_config.seed, **split)
-    if len(eval_source) == 0:
-        raise TrainSetupError(
-            f"the held-out split of {store.root} is empty ({len(train_source)} training vectors): "
-            "harvest more documents or raise --val-fraction"
+    device = resolve_device(train_config.device)  # under torchrun: this rank's GPU
+    sides = {
+        side: ShuffledBatches(
+            store, hook, data.batch_size, side=side, split=data.split, seed=train_config.seed, device=device
         )
-    metadata = {
-        **store_provenance(store, hook),
-        "split": {"val_fraction": val_fraction, "split_seed": split_seed, "by": "document"},
+        for side in ("train", "validation")
     }
-    return D.train(configs, train_source, out, train_config, eval_source, metadata=metadata)
+    empty = [side for side, source in sides.items() if len(source) == 0]
+    if empty:
+        raise TrainSetupError(empty_side_message(store, empty[0], data.split))
+    metadata = data_provenance(store, hook, data.split)
+    return D.train(configs, sides["train"], out, train_config, sides["validation"], metadata=metadata)
+
+
+def empty_side_message(store: ActivationStore, side: str, split: Split) -> str:
+    """Why one side of the split holds nothing, and what to do about it."""
+    documents = len(
+        {int(doc) for i in range(store.num_shards) for doc in np.unique(store.tokens(i).doc_ids) if doc >= 0}
+    )
+    fix = (
+        "raise --val-fraction or harvest more documents"
+        if side == "validation"
+        else "lower --val-fraction or harvest more documents"
+    )
+    return (
+        f"the {side} side of {store.root}'s held-out split is empty: the store holds {documents} document(s), and "
+        f"the split keeps whole documents on one side (val_fraction {split.val_fraction}, seed {split.seed}). "
+        f"{fix.capitalize()}. A local .txt file is one document: split a long text into several files (a folder "
+        "of .txt files) or a .jsonl file with one document per line."
+    )

@@ -16,7 +16,8 @@ import argparse
 import os
 import signal
 
-from activation_cache import HarvestConfig, harvest, store_format, writer
+from activation_cache import HarvestConfig, harvest
+from interp_sae import atomic
 
 
 def kill_on(kind: str, nth: int) -> None:
@@ -32,7 +33,8 @@ def kill_on(kind: str, nth: int) -> None:
 
     def fsync(fd):
         real_fsync(fd)
-        maybe_die(kind == "shard-fsync" and os.readlink(f"/proc/self/fd/{fd}").endswith(".safetensors.tmp"))
+        name = os.path.basename(os.readlink(f"/proc/self/fd/{fd}"))
+        maybe_die(kind == "shard-fsync" and ".safetensors." in name and name.endswith(".tmp"))
 
     def replace(src, dst):
         if kind == "manifest-rename":
@@ -41,9 +43,8 @@ def kill_on(kind: str, nth: int) -> None:
         if kind == "shard-rename":
             maybe_die(str(dst).endswith(".safetensors"))
 
-    writer.os.fsync = fsync
-    writer.os.replace = replace
-    store_format.os.replace = replace
+    atomic.os.fsync = fsync  # every file interp-sae commits goes through interp_sae.atomic
+    atomic.os.replace = replace
 
 
 def main() -> None:

@@ -14,10 +14,11 @@ from activation_cache import (
     HarvestError,
     HookError,
     ShuffledBatches,
+    Split,
     harvest,
 )
 from activation_cache.harvest_guards import store_lock
-from activation_cache.store_format import DOC_IDS, TOKEN_IDS
+from activation_cache.store_format import safetensors_layout
 
 HOOKS = ["blocks.1.hook_resid_post", "blocks.0.hook_mlp_out"]
 
@@ -52,12 +53,12 @@ def test_store_holds_exactly_the_models_activations_for_the_packed_tokens(store,
     assert [h.name for h in manifest.hooks] == HOOKS and manifest.hooks[0].d == 32
     assert len(manifest.shards) > 2 and all(s.rows == 10 for s in manifest.shards[:-1])
     for index in (0, len(manifest.shards) - 1):
-        shard = store.load_shard(index)
-        ids = shard[TOKEN_IDS].long()
+        ids = torch.from_numpy(store.tokens(index).token_ids).long()
         assert (ids[:, 0] == 0).all()  # every row starts with BOS, which is id 0 as in Pythia
         with torch.no_grad():
             hidden = tiny_hf_model(ids, output_hidden_states=True).hidden_states
-        torch.testing.assert_close(shard["blocks.1.hook_resid_post"], hidden[2].reshape(-1, 32), rtol=0, atol=1e-5)
+        stored = store.vectors(index, "blocks.1.hook_resid_post")
+        torch.testing.assert_close(stored, hidden[2].reshape(-1, 32), rtol=0, atol=1e-5)
 
 
 def test_tokens_trace_back_to_their_document_text(store, tiny_tokenizer, text_corpus):
@@ -77,11 +78,11 @@ def test_tokens_trace_back_to_their_document_text(store, tiny_tokenizer, text_co
 def test_every_document_token_is_stored_once_in_order(store, tiny_tokenizer, text_corpus):
     texts = [json.loads(line)["text"] for line in text_corpus.read_text().splitlines()]
     tokens, docs = [], []
-    for i in range(len(store.manifest.shards)):
-        arrays = store.token_arrays(i)
-        keep = arrays[DOC_IDS] >= 0
-        tokens += arrays[TOKEN_IDS][keep].tolist()
-        docs += arrays[DOC_IDS][keep].tolist()
+    for i in range(store.num_shards):
+        shard = store.tokens(i)
+        keep = shard.doc_ids >= 0
+        tokens += shard.token_ids[keep].tolist()
+        docs += shard.doc_ids[keep].tolist()
     expected = [t for text in texts for t in tiny_tokenizer(text, add_special_tokens=False)["input_ids"]]
     assert tokens == expected
     assert docs == sorted(docs) and set(docs) == set(range(30))
@@ -92,12 +93,12 @@ def test_shuffled_batches_cover_every_non_bos_vector_exactly_once(store):
     hook = HOOKS[0]
     everything = torch.cat(
         [
-            store.load_shard(i, [hook, DOC_IDS])[hook][store.load_shard(i, [DOC_IDS])[DOC_IDS].reshape(-1) >= 0]
-            for i in range(len(store.manifest.shards))
+            store.vectors(i, hook)[torch.from_numpy(store.tokens(i).doc_ids.reshape(-1) >= 0)]
+            for i in range(store.num_shards)
         ]
     )
     for window_bytes in (1 << 30, 1):  # one window (global shuffle); one shard per window
-        source = ShuffledBatches(store, hook, batch_size=64, split="all", seed=3, window_bytes=window_bytes)
+        source = ShuffledBatches(store, hook, batch_size=64, side="all", seed=3, window_bytes=window_bytes)
         batches = list(source.batches(epoch=0))
         assert len(batches) == source.num_batches(0) and all(len(b) == 64 for b in batches[:-1])
         seen = torch.cat(batches)
@@ -112,7 +113,7 @@ def test_shuffled_batches_cover_every_non_bos_vector_exactly_once(store):
 def test_resuming_mid_epoch_with_uneven_windows_yields_exactly_the_rest(store):
     # One shard per window and a document-level split: windows hold different numbers of vectors,
     # so a later window can be smaller than what is left to skip; it must still be read.
-    source = ShuffledBatches(store, HOOKS[0], batch_size=16, split="train", val_fraction=0.3, window_bytes=1)
+    source = ShuffledBatches(store, HOOKS[0], batch_size=16, side="train", split=Split(0.3), window_bytes=1)
     assert len(set(source.shard_counts.tolist())) > 2
     everything = list(source.batches(epoch=2))
     for start in (1, 3, 7, 13, 20, 31, len(everything) - 1):
@@ -125,10 +126,10 @@ def _sorted_rows(x: torch.Tensor) -> torch.Tensor:
 
 
 def test_train_and_validation_split_whole_documents(store):
-    train = ShuffledBatches(store, HOOKS[0], 10_000, split="train", val_fraction=0.3)
-    val = ShuffledBatches(store, HOOKS[0], 10_000, split="validation", val_fraction=0.3)
+    train = ShuffledBatches(store, HOOKS[0], 10_000, side="train", split=Split(0.3))
+    val = ShuffledBatches(store, HOOKS[0], 10_000, side="validation", split=Split(0.3))
     assert len(train) + len(val) == store.manifest.valid_tokens and len(val) > 0
-    stats_all = store.statistics(HOOKS[0], split="all")
+    stats_all = store.statistics(HOOKS[0], side="all")
     assert stats_all.count == store.manifest.valid_tokens
 
 
@@ -136,11 +137,11 @@ def test_statistics_match_a_direct_computation(store):
     hook = HOOKS[0]
     x = torch.cat(
         [
-            store.load_shard(i, [hook])[hook][store.load_shard(i, [DOC_IDS])[DOC_IDS].reshape(-1) >= 0]
-            for i in range(len(store.manifest.shards))
+            store.vectors(i, hook)[torch.from_numpy(store.tokens(i).doc_ids.reshape(-1) >= 0)]
+            for i in range(store.num_shards)
         ]
     ).double()
-    stats = store.statistics(hook, split="all")
+    stats = store.statistics(hook, side="all")
     torch.testing.assert_close(stats.mean, x.mean(0))
     torch.testing.assert_close(stats.var, x.var(0, unbiased=False))
     assert stats.mean_norm == pytest.approx(float(x.norm(dim=1).mean()), rel=1e-12)
@@ -213,13 +214,15 @@ def test_a_damaged_shard_is_named_refused_and_repaired_alone(tmp_path, tiny_lm, 
     intact = _shard_bytes(tmp_path)
     victim = tmp_path / "shards/shard-000001.safetensors"
     data = bytearray(victim.read_bytes())
-    data[-7] ^= 0xFF
+    span = safetensors_layout(bytes(data))[HOOKS[0]]
+    data[(span.start + span.end) // 2] ^= 0xFF  # one bit flipped in the middle of the hook's vectors
     victim.write_bytes(bytes(data))
     store = ActivationStore(tmp_path)
     problems = store.verify()
     assert len(problems) == 1 and "shard 1" in problems[0] and "checksum mismatch" in problems[0]
-    with pytest.raises(ValueError, match="shard 1 .* is damaged: checksum mismatch.*--repair"):
+    with pytest.raises(ValueError, match=f"shard 1 .* is damaged: checksum mismatch in '{HOOKS[0]}'.*--repair"):
         list(ShuffledBatches(store, HOOKS[0], 32).batches(0))
+    assert len(list(ShuffledBatches(store, HOOKS[1], 32).batches(0))) > 0  # the other hook's bytes are intact
     (tmp_path / "shards/shard-000002.safetensors").write_bytes(intact["shard-000002.safetensors"][:100])
     assert "truncated" in ActivationStore(tmp_path).verify()[1]
     harvest(cfg, model=tiny_lm, progress=False, repair=True)

@@ -32,12 +32,13 @@ def test_smollm2_gguf_harvest_matches_the_hugging_face_forward(tmp_path):
     )
     harvest(config, model=lm, progress=False)
     store = ActivationStore(tmp_path)
-    shard = store.load_shard(0)
-    ids = shard["token_ids"].long()
+    ids = torch.from_numpy(store.tokens(0).token_ids).long()
     assert (ids[:, 0] == lm.bos_token_id).all()
     with torch.no_grad():
         hidden = lm.bridge.original_model(ids, output_hidden_states=True).hidden_states[5]
-    torch.testing.assert_close(shard["blocks.4.hook_resid_post"], hidden.reshape(-1, 576), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(
+        store.vectors(0, "blocks.4.hook_resid_post"), hidden.reshape(-1, 576), rtol=1e-4, atol=1e-4
+    )
     record = store.lookup(70, window=4)
     same_doc = [t for t, d in zip(record.context_token_ids, record.context_doc_ids) if d == record.doc_id]
     from pydoc_data.topics import topics

@@ -75,9 +75,9 @@ def test_nan_activations_stop_with_their_location_or_are_skipped_and_counted(tmp
             config(tmp_path / "skip", text_corpus, tokens=320, on_nonfinite="skip"), model=tiny_lm, progress=False
         )
     assert manifest.nonfinite_positions == 20  # one position in each of the 20 rows
-    shard = ActivationStore(tmp_path / "skip").load_shard(0)
-    assert (shard["doc_ids"][:, 5] == -1).all()
-    vectors = shard["blocks.1.hook_resid_post"].view(20, 16, -1)
+    skipped = ActivationStore(tmp_path / "skip")
+    assert (skipped.tokens(0).doc_ids[:, 5] == -1).all()
+    vectors = skipped.vectors(0, "blocks.1.hook_resid_post").view(20, 16, -1)
     assert (vectors[:, 5] == 0).all() and torch.isfinite(vectors).all()
     assert json.loads((tmp_path / "skip/manifest.json").read_text())["totals"]["nonfinite_positions"] == 20
 

@@ -5,8 +5,9 @@ import sys
 import pytest
 
 import dictionaries as D
-from activation_cache import HarvestConfig, harvest
+from activation_cache import ActivationStore, HarvestConfig, Split, harvest
 from interp_sae.train_from_store import (
+    DataConfig,
     TrainSetupError,
     dictionary_configs,
     parse_overrides,
@@ -61,15 +62,15 @@ def test_dictionaries_train_on_the_store_and_remember_their_data(store, tmp_path
         configs,
         tmp_path,
         D.TrainConfig(epochs=2, lr=1e-2, device="cpu", progress=False),
-        batch_size=64,
-        val_fraction=0.2,
+        DataConfig(batch_size=64, split=Split(0.2)),
     )
     assert set(result.metrics) == {"sae_topk", "vaease"}
     assert result.metrics["sae_topk"]["split"] == "held_out" and result.metrics["sae_topk"]["l0_mean"] == 4
     loaded = D.load_dictionary(tmp_path / "vaease")
     assert loaded.metadata["hook_name"] == HOOK and loaded.metadata["context_length"] == 16
     assert loaded.metadata["model_name"] == "tiny-pythia" and loaded.metadata["split"]["val_fraction"] == 0.2
-    assert loaded.metadata["harvest"]["store"] == str(store.resolve())
+    assert loaded.metadata["store"] == {"path": str(store.resolve()), "fingerprint": ActivationStore(store).fingerprint}
+    assert loaded.metadata["input_normalization"] == {"kind": "none", "input_scale": 1.0}
     assert loaded.metadata["metrics"]["fvu_deterministic"] == pytest.approx(
         result.metrics["vaease"]["fvu_deterministic"]
     )

@@ -13,7 +13,7 @@ import sys
 import torch
 
 import dictionaries as D
-from dictionaries import checkpoint
+from interp_sae import atomic
 
 
 def kill_on(kind: str, nth: int) -> None:
@@ -30,7 +30,7 @@ def kill_on(kind: str, nth: int) -> None:
         else:
             real_replace(src, dst)
 
-    checkpoint.os.replace = replace
+    atomic.os.replace = replace
 
 
 def main(out_dir: str) -> None:

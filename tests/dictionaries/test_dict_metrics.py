@@ -4,7 +4,6 @@ import pytest
 import torch
 
 import dictionaries as D
-from dictionaries.metrics import activity_score
 
 
 def low(values):
@@ -93,14 +92,14 @@ def test_ad_re_curve_variational_ranks_by_smallest_variance():
     x = torch.randn(8, 4)
     curve = D.ad_re_curve(model, x)
     assert curve[-1][1] == pytest.approx(float(((x - model(x)) ** 2).sum(-1).mean().detach()), rel=1e-5)
-    assert torch.equal(activity_score(model, x), -model.latent_log_variance(x))
+    assert torch.equal(model.activity_score(x), -model.latent_log_variance(x))
 
 
 def test_active_mask_matches_ad():
     model = D.create(D.make_config("sae_topk", d=5, n_latents=8, k=3), seed=0)
     x = torch.randn(10, 5)
     positive = (model.encoder(x) > 0).sum(-1).clamp(max=3)  # TopK keeps ≤ k positive latents
-    assert torch.equal(D.active_mask(model, x).sum(-1), positive)
+    assert torch.equal(model.active_mask(x).sum(-1), positive)
 
 
 def test_ad_re_curve_is_flat_past_the_last_active_latent_and_ends_at_the_full_decode():

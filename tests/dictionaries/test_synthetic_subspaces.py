@@ -49,7 +49,7 @@ def test_vaease_active_dimensions_track_each_subspace_and_the_vae_uses_their_uni
     ad = {}
     for name, model in result.dictionaries.items():
         with torch.no_grad():
-            ad[name] = D.active_mask(model, test).sum(-1).float()
+            ad[name] = model.active_mask(test).sum(-1).float()
             fvu = (test - model(test)).pow(2).sum() / (test - test.mean(0)).pow(2).sum()
         assert fvu < 0.02, name
     for s, dim in enumerate(dims):  # VAEase: each input's own subspace dimension

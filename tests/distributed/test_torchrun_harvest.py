@@ -30,11 +30,9 @@ def run(model, corpus, out, *kill, tokens=2000, nproc=2):
 def documents(root):
     """doc id → its tokens in document order, read through the store's public API."""
     store, docs = ActivationStore(root), defaultdict(dict)
-    for index in range(len(store.manifest.shards)):
-        arrays = store.token_arrays(index)
-        for doc, pos, token in zip(
-            arrays["doc_ids"].ravel(), arrays["doc_positions"].ravel(), arrays["token_ids"].ravel()
-        ):
+    for index in range(store.num_shards):
+        shard = store.tokens(index)
+        for doc, pos, token in zip(shard.doc_ids.ravel(), shard.doc_positions.ravel(), shard.token_ids.ravel()):
             if doc >= 0:
                 assert pos not in docs[int(doc)], f"document {doc} position {pos} stored twice"
                 docs[int(doc)][int(pos)] = int(token)
@@ -53,7 +51,7 @@ def test_two_processes_store_every_document_once(tmp_path, tiny_model_folder, te
     assert store.verify() == []
     assert documents(tmp_path / "two") == documents(tmp_path / "single")  # each document once, whole
     assert (
-        len(ShuffledBatches(store, "blocks.1.hook_resid_post", 64, split="all"))
+        len(ShuffledBatches(store, "blocks.1.hook_resid_post", 64, side="all"))
         == ActivationStore(tmp_path / "single").manifest.valid_tokens
     )
 

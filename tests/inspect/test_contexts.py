@@ -12,7 +12,7 @@ from interp_sae.inspect_stats import feature_statistics
 def test_contexts_decode_to_the_right_text_with_the_right_activations(tiny_store, vaease, tiny_tokenizer, text_corpus):
     texts = [json.loads(line)["text"] for line in text_corpus.read_text().splitlines()]
     window = 3
-    stats = feature_statistics(tiny_store, vaease, HOOK, split="validation", top_k=3)
+    stats = feature_statistics(tiny_store, vaease, HOOK, side="validation", top_k=3)
     contexts = top_contexts(tiny_store, vaease, HOOK, stats.top_indices, window, tiny_store.tokenizer())
     checked = 0
     firing = [j for j, indices in enumerate(stats.top_indices) if indices]

@@ -64,7 +64,7 @@ def test_a_perfect_dictionary_recovers_all_the_loss(tiny_lm, tiny_store):
         perfect.encoder.bias.zero_()
         perfect.decoder.weight.copy_(torch.cat([eye, -eye], 1))
         perfect.decoder.bias.zero_()
-    result = loss_recovered(tiny_lm, perfect, HOOK, tiny_store, max_rows=6, batch_rows=4)
+    result = loss_recovered(tiny_lm, perfect, tiny_store, hook=HOOK, max_rows=6, batch_rows=4)
     assert result["spliced_loss"] == pytest.approx(result["clean_loss"], abs=1e-5)
     assert result["fraction_recovered"] == pytest.approx(1.0, abs=1e-3)
     assert result["zero_ablated_loss"] != result["clean_loss"]  # a random model: either way, but different
@@ -72,14 +72,13 @@ def test_a_perfect_dictionary_recovers_all_the_loss(tiny_lm, tiny_store):
 
 
 def test_loss_recovered_counts_only_document_predictions_of_the_split(tiny_lm, tiny_store, sae):
-    from activation_cache.reader import split_mask
-    from activation_cache.store_format import DOC_IDS
+    from activation_cache import Split
 
-    result = loss_recovered(tiny_lm, sae, HOOK, tiny_store, max_rows=1000)
+    result = loss_recovered(tiny_lm, sae, tiny_store, hook=HOOK, max_rows=1000)
     expected = 0
-    for shard in range(len(tiny_store.manifest.shards)):
-        doc_ids = tiny_store.token_arrays(shard)[DOC_IDS]
-        in_split = torch.from_numpy(split_mask(doc_ids, "validation", 0.1, 0))
+    for shard in range(tiny_store.num_shards):
+        doc_ids = tiny_store.tokens(shard).doc_ids
+        in_split = torch.from_numpy(Split(0.1, 0).mask(doc_ids, "validation"))
         expected += int((prediction_mask(torch.from_numpy(doc_ids >= 0)) & in_split[:, 1:]).sum())
     assert result["predictions"] == expected
     gap = result["zero_ablated_loss"] - result["clean_loss"]

@@ -5,16 +5,16 @@ import torch
 from conftest import HOOK
 
 import dictionaries as D
+from activation_cache import Split
 from interp_sae.inspect_stats import (
     HISTOGRAM_EDGES,
     FeatureAccumulator,
-    encode_batch,
     feature_statistics,
     pack_keys,
-    rank_scores,
     split_batches,
     unpack_keys,
 )
+from interp_sae.provenance import resolve
 
 
 def brute_force_top_k(
@@ -55,19 +55,21 @@ def test_streaming_top_k_equals_brute_force_with_ties(batch_sizes, rank_by):
     log_var = -torch.randint(0, 3, (n, kappa), generator=generator).float()
     fires = torch.rand(n, kappa, generator=generator) < 0.7
     indices = torch.randperm(10 * n, generator=generator)[:n].sort().values  # increasing, with gaps (like a split)
-    acc = FeatureAccumulator(kappa, k, rank_by, torch.device("cpu"))
+    scorer = D.create(D.make_config("vaease", d=2, n_latents=kappa)).rank_scores  # offers every mode
+    acc = FeatureAccumulator(kappa, k, rank_by, torch.device("cpu"), scorer)
     start = 0
     for size in batch_sizes:
         batch = slice(start, start + size)
         acc.update(features[batch], fires[batch], indices[batch], log_var[batch])
         start += size
-    expected = brute_force_top_k(rank_scores(rank_by, features, log_var), fires, indices, k)
+    expected = brute_force_top_k(scorer(rank_by, features, log_var), fires, indices, k)
     assert streamed(acc.result()) == expected
 
 
 def test_top_k_larger_than_the_data_lists_every_token_once():
     scores = torch.tensor([[1.0], [2.0]])
-    acc = FeatureAccumulator(1, 5, "value", torch.device("cpu"))
+    sae = D.create(D.make_config("sae_l1", d=2, n_latents=1))
+    acc = FeatureAccumulator(1, 5, "value", torch.device("cpu"), sae.rank_scores)
     acc.update(scores, scores != 0, torch.tensor([10, 11]))
     result = acc.result()
     assert result.top_indices == [[11, 10]] and result.top_scores == [[2.0, 1.0]]
@@ -81,18 +83,18 @@ def test_store_pass_equals_brute_force_on_the_whole_split(tiny_store, sae, vaeas
     dictionary = sae if architecture == "sae_l1" else vaease
     batch_size = 100
     stats = feature_statistics(
-        tiny_store, dictionary, HOOK, split="validation", top_k=7, rank_by=rank_by, batch_size=batch_size
+        tiny_store, dictionary, HOOK, side="validation", top_k=7, rank_by=rank_by, batch_size=batch_size
     )
     parts = [
-        (encode_batch(dictionary, x), i)
-        for x, i in split_batches(tiny_store, HOOK, "validation", batch_size, torch.device("cpu"))
+        (dictionary.inspection_batch(x), i)
+        for x, i in split_batches(tiny_store, HOOK, "validation", Split(), batch_size, torch.device("cpu"))
     ]
     features = torch.cat([p[0][0] for p in parts])
     fires = torch.cat([p[0][1] for p in parts])
-    log_var = torch.cat([p[0][2] for p in parts]) if dictionary.variational else None
+    log_var = torch.cat([p[0][2] for p in parts]) if parts[0][0][2] is not None else None
     indices = torch.cat([p[1] for p in parts])
 
-    assert streamed(stats) == brute_force_top_k(rank_scores(rank_by, features, log_var), fires, indices, 7)
+    assert streamed(stats) == brute_force_top_k(dictionary.rank_scores(rank_by, features, log_var), fires, indices, 7)
     assert stats.tokens == len(indices)
     assert torch.equal(stats.fire_count, fires.sum(0))
     torch.testing.assert_close(stats.mean, features.double().mean(0).float())
@@ -114,4 +116,4 @@ def test_one_minus_sigma_needs_a_variational_dictionary(tiny_store, sae):
 def test_width_mismatch_names_both_widths_and_the_fix(tiny_store):
     narrow = D.create(D.make_config("sae_l1", d=16, n_latents=8), seed=0)
     with pytest.raises(ValueError, match=r"d=16.*d=32.*--hook"):
-        feature_statistics(tiny_store, narrow, HOOK)
+        resolve(narrow, tiny_store, HOOK)
