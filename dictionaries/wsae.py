@@ -15,7 +15,7 @@ import torch
 from dictionaries.base import DictionaryConfig, LossTerms, SAELensExport, fold_linear_sae
 from dictionaries.registry import register
 from dictionaries.sae import ReLUEncoderSAE, decoder_l2, l1_penalty, topk_activations
-from dictionaries.weights import ESTIMATORS, estimate_weights, load_weights_file
+from dictionaries.weights import ESTIMATORS, estimate_weights, load_weights_file, weight_spread
 from interp_sae.errors import ConfigError
 
 
@@ -26,11 +26,12 @@ class WSAEConfig(DictionaryConfig):
     l1_coefficient: float = 0.32
     """λ₁ (encoder "relu" only)."""
     decoder_l2_coefficient: float = 0.2
-    """λ₂ on decoder weight and bias (encoder "relu" only, as in `sae_l1`)."""
+    """λ₂ on decoder weight and bias (encoder "relu" only, as in `sae_l1`); 0 switches it off."""
     k: int = 30
     """Active latents (encoder "topk" only)."""
     estimator: str = "uniform"
-    """A name from `dictionaries.weights.ESTIMATORS`, or "file" to read `weights_file`."""
+    """A name from `dictionaries.weights.ESTIMATORS` (e.g. "kurtosis", or its outlier-proof
+    "kurtosis_rank"), or "file" to read `weights_file`."""
     alpha: float = 1.0
     """γ_i = s_i^α (paper B shows α ∈ {0.5, 1})."""
     weights_file: str | None = None
@@ -63,6 +64,12 @@ class WSAE(ReLUEncoderSAE):
         else:
             weights = estimate_weights(sample, cfg.estimator, cfg.alpha)
         self.reconstruction_weights.copy_(weights)
+
+    def report_extras(self) -> dict[str, float]:
+        """Γ's spread (`weight_spread`): min, max and effective number of dimensions, in every
+        evaluation report, so metrics.json and the model card show how concentrated Γ is."""
+        spread = weight_spread(self.reconstruction_weights)
+        return {f"weight_{name}": value for name, value in spread.items() if name != "d"}
 
     def _encode(self, xn: torch.Tensor) -> torch.Tensor:
         pre = self.encoder(xn)
