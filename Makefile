@@ -8,7 +8,7 @@ TORCH ?= torch==2.13.0
 PYTEST_ARGS ?=
 DEMO_DIR ?= runs/demo
 
-.PHONY: setup test test-fast demo clean
+.PHONY: setup test test-fast lint demo clean
 
 setup: $(VENV)/.installed
 
@@ -23,6 +23,12 @@ $(VENV)/.installed: pyproject.toml Makefile
 
 test: setup
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# Lint, format check and type check: what .ci/run runs before the tests.
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 # Skips the multi-second tests that spawn processes or load the real offline model.
 test-fast: setup

@@ -137,6 +137,7 @@ def load_model(
     """Load a model spec (see the module docstring) onto ``device`` in ``dtype``."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    load_kwargs: dict[str, Any]
     if spec == BUILTIN_SMOLLM2:
         gguf = smollm2_gguf_path()
         folder, load_kwargs = gguf.parent, {"gguf_file": gguf.name}
@@ -146,7 +147,7 @@ def load_model(
             raise ModelLoadError(f"GGUF file {spec} does not exist")
         folder, load_kwargs = gguf.parent, {"gguf_file": gguf.name}
     else:
-        folder, load_kwargs = spec, {"revision": revision}
+        folder, load_kwargs = Path(spec), {"revision": revision}
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, **load_kwargs)
         hf_model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype(dtype), **load_kwargs)

@@ -164,7 +164,8 @@ class _MappedShard:
 
     def bytes(self, name: str) -> memoryview:
         span = self.span(name)
-        return memoryview(self.map)[span.start : span.end]  # type: ignore[index]
+        assert self.map is not None, "an empty file has no tensors"
+        return memoryview(self.map)[span.start : span.end]
 
     def tensor(self, name: str) -> torch.Tensor:
         span = self.span(name)

@@ -80,6 +80,8 @@ class Dictionary(nn.Module):
     """How `active_mask` decides activity; named in every report. SAEs: non-zero codes (AD = L0)."""
     rank_modes: ClassVar[tuple[str, ...]] = ("value", "abs")
     """How inspection may rank a feature's top tokens (see interp_sae/inspect_stats.py)."""
+    input_scale: torch.Tensor  # a buffer: x_normalised = x * input_scale
+    decoder: nn.Linear
 
     def __init__(self, config: DictionaryConfig) -> None:
         super().__init__()

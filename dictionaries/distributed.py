@@ -14,6 +14,8 @@ slice, which trades some duplicated reads for an exact match with single-process
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -33,7 +35,7 @@ class LossModule(nn.Module):
 
     def __init__(self, dictionary: nn.Module) -> None:
         super().__init__()
-        self.dictionary = dictionary
+        self.dictionary: Any = dictionary  # a Dictionary; Any, since nn.Module's attributes type as Tensor | Module
 
     def forward(self, x: torch.Tensor, generator: torch.Generator | None):
         return self.dictionary.loss(x, generator)

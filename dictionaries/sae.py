@@ -75,6 +75,7 @@ class SAEL1(ReLUEncoderSAE):
     """‖x − x̂‖² + λ₁ Σ_j |z_j| + λ₂ (‖W_dec‖² + ‖b_dec‖²)."""
 
     config_class = SAEL1Config
+    config: SAEL1Config
 
     def _loss(self, xn: torch.Tensor, generator: torch.Generator | None) -> LossTerms:
         f = self._encode(xn)
@@ -98,6 +99,7 @@ class SAELog(ReLUEncoderSAE):
     """‖x − x̂‖² + λ₁ Σ_j log(|z_j| + ε) + λ₂ (‖W_dec‖² + ‖b_dec‖²)."""
 
     config_class = SAELogConfig
+    config: SAELogConfig
 
     def _loss(self, xn: torch.Tensor, generator: torch.Generator | None) -> LossTerms:
         f = self._encode(xn)
@@ -124,6 +126,7 @@ class SAETopK(ReLUEncoderSAE):
     """Keep the k largest of ReLU(Wx + b); plain squared error."""
 
     config_class = SAETopKConfig
+    config: SAETopKConfig
 
     def _encode(self, xn: torch.Tensor) -> torch.Tensor:
         return topk_activations(self.encoder(xn), self.config.k)

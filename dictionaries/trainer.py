@@ -25,7 +25,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 from tqdm.auto import tqdm
@@ -118,7 +118,8 @@ def training_step(
     optimizer.zero_grad(set_to_none=True)
     with torch.autocast(device_type=batch.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
         terms = replica(batch, generator) if replica is not None else model.loss(batch, generator)
-    sum(terms.values()).backward()
+    loss = cast(torch.Tensor, sum(terms.values()))
+    loss.backward()
     values = torch.stack([t.detach().float() for t in terms.values()])
     if not cluster.all_true(torch.isfinite(values).all()):  # the one host sync per step
         bad = {name: v for name, v in zip(terms, values.tolist()) if not math.isfinite(v)}
@@ -257,8 +258,8 @@ class _Run:
                 for name, model in self.models.items():
                     terms = self._step(name, model, x, lr, epoch, batch_index, log)
                     self.term_names[name] = list(terms)
-                    values = torch.stack(list(terms.values()))
-                    sums[name] = values if sums[name] is None else sums[name] + values
+                    values, previous = torch.stack(list(terms.values())), sums[name]
+                    sums[name] = values if previous is None else previous + values
                 self.step, self.epoch, self.batch = self.step + 1, epoch, batch_index + 1
                 window_tokens, window_steps = window_tokens + batch.shape[0], window_steps + 1
                 bar.update(1)

@@ -71,7 +71,7 @@ def ablate(
                 before,
                 after,
                 top_n,
-                ablated.ablated_activations[0].T.tolist(),
+                ablated.recorded()[0].T.tolist(),
                 features,
             )
         )

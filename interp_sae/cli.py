@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, cast
 
 import typer
 
@@ -200,9 +201,9 @@ def train(
             lr=lr,
             seed=seed,
             device=device,
-            precision=precision,
+            precision=cast(Any, precision),  # TrainConfig checks the value
             normalize_input=normalize_input,
-            schedule=D.ScheduleConfig(kind=schedule, warmup_steps=warmup_steps),
+            schedule=D.ScheduleConfig(kind=cast(Any, schedule), warmup_steps=warmup_steps),
             checkpoint_every=checkpoint_every,
             eval_every=eval_every,
             wandb_project=wandb_project,

@@ -139,12 +139,12 @@ def download(
     repo_id = str(repo_id_or_path)
     if _looks_like_path(repo_id):
         raise HubError(f"Local path {local} does not exist (and it is not a Hub repo id of the form 'org/name').")
-    if subfolder:
-        patterns = {"allow_patterns": [f"{subfolder}/*", model_card.INDEX_FILE, model_card.CARD_FILE]}
-    else:
-        patterns = {"ignore_patterns": ["*/*"]}  # the root's files only
+    allow = [f"{subfolder}/*", model_card.INDEX_FILE, model_card.CARD_FILE] if subfolder else None
+    ignore = None if subfolder else ["*/*"]  # without a subfolder: the root's files only
     with _hub_errors(repo_id, revision, downloading=True):
-        snapshot = Path(snapshot_download(repo_id, revision=revision, token=token, **patterns))
+        snapshot = Path(
+            snapshot_download(repo_id, revision=revision, token=token, allow_patterns=allow, ignore_patterns=ignore)
+        )
     folder = snapshot / subfolder if subfolder else snapshot
     if not (folder / CONFIG_FILE).is_file():
         raise HubError(_no_dictionary_message(repo_id, subfolder, snapshot))

@@ -31,7 +31,8 @@ class TokenText:
     """Token id → text, decoded once per id."""
 
     def __init__(self, tokenizer: Any):
-        self.tokenizer, self._cache = tokenizer, {}
+        self.tokenizer = tokenizer
+        self._cache: dict[int, str] = {}
 
     def token(self, token_id: int) -> str:
         if token_id not in self._cache:
@@ -68,7 +69,7 @@ def top_contexts(
                 chunk, _chunk_contexts(dictionary, vectors, tokens, chunk, window, store.context_length, words)
             ):
                 contexts[feature][rank] = record
-    return contexts
+    return contexts  # type: ignore[return-value]  # every slot is filled: one record per top example
 
 
 def _chunk_contexts(

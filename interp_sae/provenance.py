@@ -83,8 +83,7 @@ def resolve(
     Refuses (ProvenanceError, saying what differs and which flag overrides it) a store whose
     fingerprint is not the recorded one, and a hook other than the recorded one."""
     trained = TrainedOn.of(dictionary)
-    other_store = store is not None and trained.store_fingerprint not in (None, store.fingerprint)
-    if other_store and not allow_other_store:
+    if store is not None and trained.store_fingerprint not in (None, store.fingerprint) and not allow_other_store:
         raise ProvenanceError(
             f"the dictionary was trained on another store (fingerprint {trained.store_fingerprint}, at "
             f"{trained.store_path}) than {store.root} (fingerprint {store.fingerprint}: model "

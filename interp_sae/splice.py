@@ -62,11 +62,16 @@ class Splice:
         self.ablate = torch.tensor(list(ablate), dtype=torch.long, device=device)
         self.replacement = (
             means.to(device).float()[self.ablate]
-            if mode == "mean" and len(ablate)
+            if means is not None and mode == "mean" and len(ablate)
             else torch.zeros(len(ablate), device=device)
         )
         self.mask: torch.Tensor | None = None
         self.ablated_activations: torch.Tensor | None = None
+
+    def recorded(self) -> torch.Tensor:
+        """The ablated features' activations [B, T, n] of the last forward pass."""
+        assert self.ablated_activations is not None, "no forward pass has run yet"
+        return self.ablated_activations
 
     def for_mask(self, mask: torch.Tensor) -> Splice:
         self.mask = mask
@@ -74,6 +79,7 @@ class Splice:
 
     def __call__(self, activation: torch.Tensor, hook: Any) -> torch.Tensor:
         check_model_width(self.dictionary, activation.shape[-1], self.hook)
+        assert self.mask is not None, "call for_mask before the forward pass"
         mask = self.mask.to(activation.device)
         x = activation[mask].float()
         features = self.dictionary.encode(x)
@@ -158,7 +164,7 @@ def loss_recovered(
     for lo in range(0, len(ids), batch_rows):
         batch, positions = ids[lo : lo + batch_rows], doc_mask[lo : lo + batch_rows].to(lm.device)
         counted = prediction_mask(positions) & loss_mask[lo : lo + batch_rows, 1:].to(lm.device)
-        runs = {
+        runs: dict[str, list[tuple[str, Any]]] = {
             "clean": [],
             "spliced": [(hook, splice.for_mask(positions))],
             "zero_ablated": [(hook, zero_hook(positions))],
