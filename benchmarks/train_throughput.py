@@ -1,6 +1,10 @@
-"""Training-step throughput of SAE-ℓ1 and VAEase against the machine's matmul peak.
+"""Training-step throughput of SAE-ℓ1, TopK (topk_aux, dense path) and VAEase against the machine's matmul peak.
 
     python benchmarks/train_throughput.py [--small]
+
+It sizes itself to the device: on CUDA batch 4096 and κ ∈ {16384, 65536} (the GPU target: the
+dense SAE step at ≥ 40% of the bf16 peak at κ = 65536); on a CPU (or with --small) batch 256 and
+κ ∈ {1024, 4096}, a few minutes on 2 cores.
 
 Peak = the best of a few square matmuls (fp32 and bf16) timed in this run. A step's FLOPs count
 its matmuls only (forward + backward ≈ 3 × forward):
@@ -43,19 +47,21 @@ def matmul_peak(n: int, dtype: torch.dtype, device: torch.device, repeats: int) 
 
 
 def step_flops(arch: str, batch: int, d: int, kappa: int) -> float:
-    forward = 2 * batch * (2 * d * kappa) if arch == "sae_l1" else 2 * batch * (2 * kappa * d + kappa**2 + kappa * d)
+    linear = arch in ("sae_l1", "topk_aux")  # one encoder and one decoder matmul (TopK's dense path)
+    forward = 2 * batch * (2 * d * kappa) if linear else 2 * batch * (2 * kappa * d + kappa**2 + kappa * d)
     return 3 * forward
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--small", action="store_true", help="CPU-sized: batch 256, κ ∈ {1024, 4096}")
+    parser.add_argument("--small", action="store_true", help="CPU sizes on any device: batch 256, κ ∈ {1024, 4096}")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--d", type=int, default=512)
     args = parser.parse_args()
     device = resolve_device(args.device)
     torch.backends.cuda.matmul.allow_tf32 = False
-    batch, kappas, repeats, n = (256, [1024, 4096], 3, 1024) if args.small else (2048, [4096, 16384], 20, 8192)
+    small = args.small or device.type != "cuda"
+    batch, kappas, repeats, n = (256, [1024, 4096], 3, 1024) if small else (4096, [16384, 65536], 10, 8192)
     peaks = {p: matmul_peak(n, dt, device, repeats) for p, dt in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
     print(
         f"device {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}), "
@@ -63,8 +69,9 @@ def main() -> None:
     )
     print(f"{'arch':8} {'κ':>6} {'prec':5} {'tokens/s':>12} {'TFLOP/s':>8} {'of peak':>8}")
     results = {}
-    for arch in ("sae_l1", "vaease"):
-        for kappa in kappas:
+    for arch in ("sae_l1", "topk_aux", "vaease"):
+        # VAEase's κ×κ variance head is 17 GB at κ = 65536: measure it at the smaller widths only.
+        for kappa in kappas if arch != "vaease" else kappas[:1]:
             for precision in ("fp32", "bf16"):
                 model = D.create(D.make_config(arch, d=args.d, n_latents=kappa), seed=0).to(device)
                 optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, fused=device.type == "cuda")

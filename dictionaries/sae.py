@@ -21,6 +21,7 @@ from dictionaries.base import (
     squared_error,
 )
 from dictionaries.registry import register
+from dictionaries.sparse_topk import sparse_decode, topk_encode
 from interp_sae.errors import ConfigError
 
 
@@ -55,6 +56,13 @@ class ReLUEncoderSAE(Dictionary):
     def _reconstruction_error(self, xn: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
         """Batch mean of the per-vector reconstruction error (the weighted SAE overrides it)."""
         return squared_error(xn, x_hat).mean()
+
+    def _topk_reconstruction(self, xn: torch.Tensor, k: int) -> torch.Tensor:
+        """decode(topk(encode(xn))) for training, through the sparse path: the decoder and both
+        backward passes touch only the k active latents of each vector (dictionaries.sparse_topk).
+        Equal to the dense computation to float rounding, and several times faster for k ≪ κ."""
+        values, indices = topk_encode(xn, self.encoder.weight, self.encoder.bias, k)
+        return sparse_decode(values, indices, self.decoder.weight, self.decoder.bias)
 
     def saelens_export(self) -> SAELensExport:
         """SAELens "standard": the same linear encoder, ReLU and linear decoder."""
@@ -132,7 +140,7 @@ class SAETopK(ReLUEncoderSAE):
         return topk_activations(self.encoder(xn), self.config.k)
 
     def _loss(self, xn: torch.Tensor, generator: torch.Generator | None) -> LossTerms:
-        return {"recon": self._reconstruction_error(xn, self.decoder(self._encode(xn)))}
+        return {"recon": self._reconstruction_error(xn, self._topk_reconstruction(xn, self.config.k))}
 
     def saelens_export(self) -> SAELensExport:
         """SAELens "topk": our k largest of ReLU(pre) is its ReLU of the k largest pre."""

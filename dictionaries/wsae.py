@@ -51,6 +51,8 @@ class WSAEConfig(DictionaryConfig):
 @register
 class WSAE(ReLUEncoderSAE):
     config_class = WSAEConfig
+    config: WSAEConfig
+    reconstruction_weights: torch.Tensor  # a buffer: Γ's diagonal
 
     def __init__(self, config: WSAEConfig) -> None:
         super().__init__(config)
@@ -59,7 +61,7 @@ class WSAE(ReLUEncoderSAE):
     def prepare(self, sample: torch.Tensor) -> None:
         """Estimate Γ from the training sample (or read it from the configured file)."""
         cfg = self.config
-        if cfg.estimator == "file":
+        if cfg.estimator == "file" and cfg.weights_file is not None:  # the config checks it is set
             weights = load_weights_file(cfg.weights_file, cfg.d)
         else:
             weights = estimate_weights(sample, cfg.estimator, cfg.alpha)
@@ -79,12 +81,14 @@ class WSAE(ReLUEncoderSAE):
         return ((xn.float() - x_hat.float()).pow(2) * self.reconstruction_weights).sum(-1).mean()
 
     def _loss(self, xn: torch.Tensor, generator: torch.Generator | None) -> LossTerms:
+        if self.config.encoder == "topk":
+            return {"recon": self._reconstruction_error(xn, self._topk_reconstruction(xn, self.config.k))}
         f = self._encode(xn)
-        terms = {"recon": self._reconstruction_error(xn, self.decoder(f))}
-        if self.config.encoder == "relu":
-            terms["sparsity"] = self.config.l1_coefficient * l1_penalty(f)
-            terms["decoder_l2"] = self.config.decoder_l2_coefficient * decoder_l2(self.decoder)
-        return terms
+        return {
+            "recon": self._reconstruction_error(xn, self.decoder(f)),
+            "sparsity": self.config.l1_coefficient * l1_penalty(f),
+            "decoder_l2": self.config.decoder_l2_coefficient * decoder_l2(self.decoder),
+        }
 
     def saelens_export(self) -> SAELensExport:
         """Γ only weights the training loss, so the encoder and decoder are a plain ReLU or TopK SAE."""

@@ -70,6 +70,10 @@ CATEGORIES = {
         c in ("make test", "make setup", "make test-fast")
     ),
     "make demo = interp-sae demo, run above": lambda c: c == "make demo",
+    "make lint is the first step of .ci/run": lambda c: c == "make lint",
+    "the GPU machine's commands: make device-check runs there (the README reports its figures)": lambda c: (
+        c in ("make wheelhouse", "make device-check")
+    ),
     "GPU and manual installs: the same steps make setup runs, with another torch": lambda c: c.startswith(
         ("make setup TORCH=", "pip install")
     ),
