@@ -7,6 +7,8 @@
 #   3. harvest-bf16  benchmarks/harvest_throughput.py, Pythia-70m shape, model in bfloat16
 #   4. harvest-fp32  the same, model in float32
 #   5. train         benchmarks/train_throughput.py (full size on a GPU)
+#   6. data-path     benchmarks/data_path.py: reader vs in-memory gather, training from the store vs memory
+#   7. sparse-topk   benchmarks/sparse_topk.py: the sparse TopK step vs the dense one
 #
 # Each step's output is teed to $OUT/STEP.log ($OUT defaults to runs/device-check); every RESULT
 # line goes to $OUT/RESULTS.txt with a STEP line per step. A failed or timed-out step does not stop
@@ -187,14 +189,16 @@ read -r -a TEST_PATHS <<<"${DEVICE_CHECK_TESTS:-tests/gpu}"
 
 echo "device check: python $PY, device $DEVICE, logs in $OUT, budget ${BUDGET}s"
 run_step setup 50 bash "$REPO/benchmarks/device_check.sh" __setup
-run_step gpu-tests 180 "$PY" -m pytest "${TEST_PATHS[@]}" -m gpu -s -q -rfEs -p no:cacheprovider
+run_step gpu-tests 120 "$PY" -m pytest "${TEST_PATHS[@]}" -m gpu -s -q -rfEs -p no:cacheprovider
 if [[ -f $SHARED_TOKENIZER ]]; then tokenizer=pythia; else tokenizer=tiny-fallback; fi
 echo "[harvest] RESULT tokenizer=$tokenizer tokens=$HARVEST_TOKENS batch_size=$HARVEST_BATCH_SIZE" >>"$SUMMARY"
 for precision in bf16:bfloat16 fp32:float32; do
-    run_step "harvest-${precision%%:*}" 70 "$PY" benchmarks/harvest_throughput.py --model pythia70m-random \
+    run_step "harvest-${precision%%:*}" 60 "$PY" benchmarks/harvest_throughput.py --model pythia70m-random \
         --tokens "$HARVEST_TOKENS" --batch-size "$HARVEST_BATCH_SIZE" --device "$DEVICE" --model-dtype "${precision#*:}"
 done
-run_step train 80 "$PY" benchmarks/train_throughput.py "${TRAIN_ARGS[@]}"
+run_step train 70 "$PY" benchmarks/train_throughput.py "${TRAIN_ARGS[@]}"
+run_step data-path 45 "$PY" benchmarks/data_path.py --device "$DEVICE" --latents 16384 --steps 20
+run_step sparse-topk 45 "$PY" benchmarks/sparse_topk.py --budget 30
 
 if ((${#FAILED[@]})); then
     echo "OVERALL status=failed failed_steps=$(IFS=,; echo "${FAILED[*]}") seconds=$((SECONDS - START))" | tee -a "$SUMMARY"
