@@ -19,7 +19,7 @@ from pathlib import Path
 import dictionaries as D
 from activation_cache import BUILTIN_SMOLLM2, HarvestConfig, harvest
 from activation_cache.corpus import BUILTIN_PYTHON_DOCS
-from interp_sae.train_from_store import dictionary_configs, train_from_store
+from interp_sae.train_from_store import DataConfig, dictionary_configs, train_from_store
 
 ARCHITECTURES = ["vaease", "vae", "sae_l1", "sae_topk"]
 
@@ -57,7 +57,7 @@ def main() -> None:
         D.TrainConfig(
             epochs=args.epochs, device=args.device, checkpoint_every=200, normalize_input=args.normalize_input
         ),
-        batch_size=args.batch_size,
+        DataConfig(hook=args.hook, batch_size=args.batch_size),
     )
 
     print(
