@@ -1,5 +1,6 @@
-"""Training step of a TopK SAE: the dense path (SAETopK as it is) against the sparse path
-(dictionaries/sparse_topk.py), same initial weights, same batch, measured in the same run.
+"""Training step of a TopK SAE: the dense path (nn.Linear encoder and decoder on [B, κ] codes)
+against the sparse path SAETopK trains with (dictionaries/sparse_topk.py), same initial weights,
+same batch, measured in the same run.
 
     python benchmarks/sparse_topk.py [--small] [--budget SECONDS] [--batch B] [--precision bf16]
 
@@ -39,13 +40,11 @@ from dictionaries.sae import SAETopK, topk_activations
 from dictionaries.sparse_topk import sparse_decode, topk_encode
 
 
-class SparseSAETopK(SAETopK):
-    """SAETopK whose training loss takes the sparse path; encode() still returns dense codes."""
+class DenseSAETopK(SAETopK):
+    """SAETopK with the dense training path it had before the sparse one: the baseline."""
 
     def _loss(self, xn: torch.Tensor, generator: torch.Generator | None) -> LossTerms:
-        values, indices = topk_encode(xn, self.encoder.weight, self.encoder.bias, self.config.k)
-        x_hat = sparse_decode(values, indices, self.decoder.weight, self.decoder.bias)
-        return {"recon": self._reconstruction_error(xn, x_hat)}
+        return {"recon": self._reconstruction_error(xn, self.decoder(self._encode(xn)))}
 
 
 def synchronize(device: torch.device) -> None:
@@ -66,9 +65,9 @@ class Pair:
 
     def __init__(self, d: int, kappa: int, k: int, device: torch.device, precision: str) -> None:
         self.device, self.precision = device, precision
-        self.dense = cast(SAETopK, D.create(D.make_config("sae_topk", d=d, n_latents=kappa, k=k), seed=0).to(device))
-        self.sparse = SparseSAETopK(self.dense.config).to(device)
-        self.sparse.load_state_dict(self.dense.state_dict())
+        self.sparse = cast(SAETopK, D.create(D.make_config("sae_topk", d=d, n_latents=kappa, k=k), seed=0).to(device))
+        self.dense = DenseSAETopK(self.sparse.config).to(device)
+        self.dense.load_state_dict(self.sparse.state_dict())
         fused = device.type == "cuda"  # as the trainer does
         self.optimizers = {
             "dense": torch.optim.Adam(self.dense.parameters(), lr=1e-4, fused=fused),
