@@ -9,10 +9,15 @@ SAELens side.
 
 - export: random dictionaries of every exportable architecture, with input scale 0.37 so that
   folding it into the weights is exercised, are exported with `interp_sae.saelens`; SAELens loads
-  each with `SAE.load_from_disk` and encodes and decodes the same inputs as ours.
-- import: SAELens builds random SAEs (standard and topk, with b_dec subtracted from the input or
-  not, topk with rescale_acts_by_decoder_norm) and saves them with `save_model`; we import them
-  and encode and decode the same inputs as SAELens did.
+  each with `SAE.load_from_disk` and encodes and decodes the same inputs as ours. BatchTopK and
+  Matryoshka (exported as "jumprelu") first estimate their inference threshold from training
+  batches of those inputs; JumpReLU and Gated get random thresholds and gate/magnitude biases.
+- import: SAELens builds random SAEs (standard, topk, jumprelu and gated, with b_dec subtracted
+  from the input or not, topk with rescale_acts_by_decoder_norm) and saves them with
+  `save_model`; it also builds BatchTopK and Matryoshka BatchTopK training SAEs, lets them
+  estimate their threshold on the inputs and saves them for inference (`save_inference_model`,
+  which writes "jumprelu"). We import every folder and encode and decode the same inputs as
+  SAELens's loaded SAE did.
 
 The table compares the outputs. Last line: RESULT key=value ...
 """
@@ -34,12 +39,27 @@ EXPORTS = {  # name -> (our architecture, config fields)
     "topk_aux": ("topk_aux", {"k": K}),
     "wsae_relu": ("wsae", {"encoder": "relu"}),
     "wsae_topk": ("wsae", {"encoder": "topk", "k": K}),
+    "batchtopk": ("batchtopk", {"k": K, "threshold_beta": 0.5}),
+    "matryoshka": ("matryoshka", {"k": K, "threshold_beta": 0.5, "prefixes": [64, 128]}),
+    "jumprelu": ("jumprelu", {}),
+    "gated": ("gated", {}),
 }
+THRESHOLD_BATCHES = 4  # training batches from which BatchTopK and Matryoshka estimate their threshold
 IMPORTS = {  # name -> SAELens architecture and config fields
     "standard": ("standard", {"apply_b_dec_to_input": True}),
     "standard_no_bdec": ("standard", {"apply_b_dec_to_input": False}),
     "topk": ("topk", {"apply_b_dec_to_input": True, "k": K}),
     "topk_rescaled": ("topk", {"apply_b_dec_to_input": False, "k": K, "rescale_acts_by_decoder_norm": True}),
+    "jumprelu": ("jumprelu", {"apply_b_dec_to_input": True}),
+    "jumprelu_no_bdec": ("jumprelu", {"apply_b_dec_to_input": False}),
+    "gated": ("gated", {"apply_b_dec_to_input": True}),
+    "gated_no_bdec": ("gated", {"apply_b_dec_to_input": False}),
+    # SAELens training SAEs, saved for inference as jumprelu with their estimated threshold
+    "batchtopk_trained": ("batchtopk", {"apply_b_dec_to_input": True, "k": K}),
+    "matryoshka_trained": (
+        "matryoshka_batchtopk",
+        {"apply_b_dec_to_input": True, "k": K, "matryoshka_widths": [64, 128, N_LATENTS]},
+    ),
 }
 METADATA = {"hook_name": "blocks.3.hook_resid_post", "model_name": "EleutherAI/pythia-70m-deduped", "context_size": 128}
 TOLERANCE = 1e-5  # max |difference| relative to the largest |output|: float32 rounding of folded factors
@@ -85,6 +105,16 @@ def our_side_before(work: Path) -> None:
             model.decoder.bias.copy_(torch.randn(D, generator=generator) * 0.1)  # non-zero, so b_dec is checked
             if architecture == "wsae":  # Γ weights the training loss only: the export must not depend on it
                 model.reconstruction_weights.copy_(torch.rand(D, generator=generator) + 0.5)
+            if architecture == "jumprelu":
+                model.threshold_parameter.copy_(torch.rand(N_LATENTS, generator=generator))
+            if architecture == "gated":
+                for parameter in (model.b_gate, model.b_mag, model.r_mag):
+                    parameter.copy_(torch.randn(N_LATENTS, generator=generator) * 0.5)
+            if architecture in ("batchtopk", "matryoshka"):  # the threshold as training estimates it
+                model.train()
+                for batch in x.chunk(THRESHOLD_BATCHES):
+                    model.loss(batch)
+                model.eval()
             features = model.encode(x)
             save_outputs(work / f"ours_{name}.safetensors", features, model.decode(features))
         dictionaries.save_dictionary(model, work / "ours" / name)
@@ -95,7 +125,21 @@ def saelens_side(work: Path) -> None:
     """In the SAELens venv: run our exports, and make, save and run SAELens's own SAEs."""
     import sae_lens
     import torch
-    from sae_lens import SAE, StandardSAE, StandardSAEConfig, TopKSAE, TopKSAEConfig
+    from sae_lens import (
+        SAE,
+        BatchTopKTrainingSAE,
+        BatchTopKTrainingSAEConfig,
+        GatedSAE,
+        GatedSAEConfig,
+        JumpReLUSAE,
+        JumpReLUSAEConfig,
+        MatryoshkaBatchTopKTrainingSAE,
+        MatryoshkaBatchTopKTrainingSAEConfig,
+        StandardSAE,
+        StandardSAEConfig,
+        TopKSAE,
+        TopKSAEConfig,
+    )
     from sae_lens.saes.sae import SAEMetadata
     from safetensors.torch import load_file
 
@@ -105,18 +149,34 @@ def saelens_side(work: Path) -> None:
         for name in EXPORTS:
             sae = SAE.load_from_disk(work / "exported" / name)
             save_outputs(work / f"saelens_{name}.safetensors", sae.encode(x), sae.decode(sae.encode(x)))
-            summary["classes"][name] = type(sae).__name__
-            summary["hook_names"][name] = sae.cfg.metadata.hook_name
+            summary["classes"][f"export/{name}"] = type(sae).__name__
+            summary["hook_names"][f"export/{name}"] = sae.cfg.metadata.hook_name
         generator = torch.Generator().manual_seed(1)
-        classes = {"standard": (StandardSAE, StandardSAEConfig), "topk": (TopKSAE, TopKSAEConfig)}
+        classes = {
+            "standard": (StandardSAE, StandardSAEConfig),
+            "topk": (TopKSAE, TopKSAEConfig),
+            "jumprelu": (JumpReLUSAE, JumpReLUSAEConfig),
+            "gated": (GatedSAE, GatedSAEConfig),
+            "batchtopk": (BatchTopKTrainingSAE, BatchTopKTrainingSAEConfig),
+            "matryoshka_batchtopk": (MatryoshkaBatchTopKTrainingSAE, MatryoshkaBatchTopKTrainingSAEConfig),
+        }
         for name, (architecture, fields) in IMPORTS.items():
             sae_class, config_class = classes[architecture]
             sae = sae_class(config_class(d_in=D, d_sae=N_LATENTS, metadata=SAEMetadata(**METADATA), **fields))
-            for parameter in sae.parameters():  # random, decoder rows of uneven norm, non-zero biases
+            for parameter in sae.parameters():  # random, decoder rows of uneven norm, non-zero biases and thresholds
                 parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.2)
-            sae.save_model(work / "saelens_made" / name)
+            folder = work / "saelens_made" / name
+            if isinstance(sae, BatchTopKTrainingSAE):  # its training estimates the threshold it saves as jumprelu
+                trained = type(sae).__name__
+                for batch in x.chunk(THRESHOLD_BATCHES):
+                    sae.update_topk_threshold(sae.encode(batch))
+                sae.save_inference_model(folder)
+                sae = SAE.load_from_disk(folder)
+                summary["classes"][f"import/{name}"] = f"{trained} → {type(sae).__name__}"
+            else:
+                sae.save_model(folder)
+                summary["classes"][f"import/{name}"] = type(sae).__name__
             save_outputs(work / f"made_{name}.safetensors", sae.encode(x), sae.decode(sae.encode(x)))
-            summary["classes"][name] = type(sae).__name__
     (work / "saelens_summary.json").write_text(json.dumps(summary))
 
 
@@ -132,7 +192,7 @@ def our_side_after(work: Path) -> dict[str, dict]:
     x = load_file(work / "inputs.safetensors")["x"]
     pairs = {}
     for name in EXPORTS:
-        pairs[name] = (
+        pairs[f"export/{name}"] = (
             "export",
             load_file(work / f"ours_{name}.safetensors"),
             load_file(work / f"saelens_{name}.safetensors"),
@@ -142,22 +202,22 @@ def our_side_after(work: Path) -> dict[str, dict]:
         with torch.no_grad():
             features = model.encode(x)
             ours = {"features": features, "recon": model.decode(features)}
-        pairs[name] = ("import", ours, load_file(work / f"made_{name}.safetensors"))
-        summary["hook_names"][name] = json.loads((work / "imported" / name / "config.json").read_text())["metadata"][
-            "hook_name"
-        ]
-        summary["classes"][name] += f" → {model.architecture}"
+        pairs[f"import/{name}"] = ("import", ours, load_file(work / f"made_{name}.safetensors"))
+        summary["hook_names"][f"import/{name}"] = json.loads((work / "imported" / name / "config.json").read_text())[
+            "metadata"
+        ]["hook_name"]
+        summary["classes"][f"import/{name}"] += f" → {model.architecture}"
     rows = {}
-    for name, (direction, ours, theirs) in pairs.items():
-        diff = {key: (theirs[key] - ours[key]).abs().max().item() for key in ("features", "recon")}
-        rows[name] = {
+    for key, (direction, ours, theirs) in pairs.items():
+        diff = {part: (theirs[part] - ours[part]).abs().max().item() for part in ("features", "recon")}
+        rows[key] = {
             "direction": direction,
-            "classes": summary["classes"][name],
+            "classes": summary["classes"][key],
             "abs_features": diff["features"],
             "abs_recon": diff["recon"],
-            "rel": max(diff[key] / ours[key].abs().max().item() for key in diff),
+            "rel": max(diff[part] / ours[part].abs().max().item() for part in diff),
             "same_active_sets": torch.equal(theirs["features"] != 0, ours["features"] != 0),
-            "hook_kept": summary["hook_names"][name] == METADATA["hook_name"],
+            "hook_kept": summary["hook_names"][key] == METADATA["hook_name"],
         }
     return {"summary": summary, "rows": rows}
 
@@ -169,14 +229,14 @@ def report(result: dict, work: Path, venv: Path) -> bool:
         f"input scale {INPUT_SCALE}, {N_INPUTS} inputs; files in {work}"
     )
     header = (
-        f"{'direction':<9} {'case':<17} {'classes':<28} {'max|Δf|':>9} {'max|Δx̂|':>9} {'max rel':>8} "
+        f"{'direction':<9} {'case':<18} {'classes':<58} {'max|Δf|':>9} {'max|Δx̂|':>9} {'max rel':>8} "
         f"{'same active':>11} {'hook kept':>9}"
     )
     print(header)
     print("-" * len(header))
-    for name, row in rows.items():
+    for key, row in rows.items():  # key: "export/NAME" or "import/NAME"
         print(
-            f"{row['direction']:<9} {name:<17} {row['classes']:<28} {row['abs_features']:>9.2e} {row['abs_recon']:>9.2e} "
+            f"{row['direction']:<9} {key.split('/', 1)[1]:<18} {row['classes']:<58} {row['abs_features']:>9.2e} {row['abs_recon']:>9.2e} "
             f"{row['rel']:>8.1e} {row['same_active_sets']!s:>11} {row['hook_kept']!s:>9}"
         )
     ok = all(row["rel"] <= TOLERANCE and row["same_active_sets"] and row["hook_kept"] for row in rows.values())

@@ -10,7 +10,7 @@ metrics, save/load and the trainer. Pure tensors in, tensors out: no knowledge o
 """
 
 # Architecture modules register themselves on import; a new architecture is one new file here.
-from dictionaries import sae, topk_aux, vae, wsae  # noqa: F401
+from dictionaries import batchtopk, gated, jumprelu, matryoshka, sae, topk_aux, vae, wsae  # noqa: F401
 from dictionaries.base import CannotExport, Dictionary, DictionaryConfig, LossTerms, SAELensExport
 from dictionaries.data import BatchSource, TensorBatchSource, take_vectors, train_test_split
 from dictionaries.io import FORMAT_VERSION, load_dictionary, save_dictionary

@@ -4,10 +4,35 @@ kept apart from the paper-faithful `sae_topk`:
 - the decoder bias is subtracted before encoding and initialised to the data mean;
 - decoder columns have unit norm (re-imposed after every optimiser step), encoder initialised
   to the decoder's transpose;
-- an auxiliary loss lets dead latents (no activation for `dead_after_tokens` tokens) reconstruct
-  the residual x − x̂ with their top `aux_k` activations, so they get gradient again.
+- an auxiliary loss (AuxK) lets dead latents (no activation for `dead_after_tokens` tokens)
+  reconstruct the residual e = x − x̂ (detached) with their top `aux_k` activations, so they get
+  gradient again.
 
-Loss terms: `recon` ‖x − x̂‖² and `aux` (aux_coefficient ‖e − ê‖², e = x − x̂ detached).
+Loss terms, over a batch of B vectors (normalised units):
+
+    recon = (1/B) Σ_b ‖x_b − x̂_b‖²
+    aux   = aux_coefficient · [Σ_b ‖e_b − ê_b‖² / Σ_b ‖e_b − ē‖²] · V,   V = (1/B) Σ_b ‖x_b − x̄‖²
+
+ê is the decoder (without its bias) applied to the dead latents' top `aux_k` ReLU
+pre-activations; the bracket is Gao et al.'s normalised AuxK MSE, and V puts it in `recon`'s
+units (`dictionaries.auxk`, shared with BatchTopK, Matryoshka and JumpReLU). The unnormalised
+α‖e − ê‖² that this recipe used before was FVU times (5–10×) weaker than theirs. The term is
+exactly 0 when no latent is dead (or the batch's residual has no spread, e.g. B = 1).
+
+Remaining differences from OpenAI's reference code (`sparse_autoencoder/train.py`):
+- V is the batch's data variance; theirs is a constant measured once on a sample of the data;
+- a latent is dead after `dead_after_tokens` tokens without firing (≥); theirs counts steps,
+  dead when steps > dead_tokens // batch_size. As theirs, the counters are updated with the
+  current batch before the dead set is chosen;
+- "fired" means a non-zero activation; theirs counts activations > 1e-3;
+- the aux reconstruction has no decoder bias; theirs adds b_dec to both ê and the target, which
+  leaves the value unchanged but also sends the aux gradient to b_dec directly (here b_dec gets aux
+  gradient only through the dead latents' pre-activations W_e(x − b_dec));
+- b_dec starts at the data mean (theirs: the geometric median); the encoder starts as exactly the
+  decoder's transpose (theirs rescales it so the initial reconstructions have unit norm); the
+  decoder gradient's component parallel to each column is not projected out (theirs is), although
+  columns are renormalised after each step as theirs are; no EMA of the weights, Adam ε is the
+  trainer's.
 """
 
 from __future__ import annotations
@@ -15,22 +40,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
-from dictionaries.base import Dictionary, DictionaryConfig, LossTerms, SAELensExport, fold_linear_sae, squared_error
+from dictionaries.auxk import AuxKConfig, AuxKSAE
+from dictionaries.base import LossTerms, SAELensExport, fold_linear_sae, squared_error
 from dictionaries.registry import register
 from dictionaries.sae import topk_activations
 from interp_sae.errors import ConfigError
 
 
 @dataclass(kw_only=True)
-class TopKAuxConfig(DictionaryConfig):
+class TopKAuxConfig(AuxKConfig):
     architecture = "topk_aux"
     k: int = 32
-    aux_k: int = 512
-    """Dead latents used by the auxiliary reconstruction (clipped to n_latents)."""
-    aux_coefficient: float = 1 / 32
-    dead_after_tokens: int = 10_000_000
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -39,57 +60,20 @@ class TopKAuxConfig(DictionaryConfig):
 
 
 @register
-class TopKAux(Dictionary):
+class TopKAux(AuxKSAE):
+    """The k largest of ReLU(W_e (x − b_d) + b_e) per vector, on the shared AuxK body."""
+
     config_class = TopKAuxConfig
-
-    def __init__(self, config: TopKAuxConfig) -> None:
-        super().__init__(config)
-        self.encoder = nn.Linear(config.d, config.n_latents)
-        with torch.no_grad():
-            self.decoder.bias.zero_()
-            self._normalise_decoder()
-            self.encoder.weight.copy_(self.decoder.weight.T)
-        # Tokens seen since each latent last fired (training only); saved, so resume is exact.
-        self.register_buffer("tokens_since_fired", torch.zeros(config.n_latents, dtype=torch.long))
-
-    @torch.no_grad()
-    def _normalise_decoder(self) -> None:
-        self.decoder.weight /= self.decoder.weight.norm(dim=0, keepdim=True).clamp(min=1e-12)
-
-    def prepare(self, sample: torch.Tensor) -> None:
-        """b_dec := mean of the (normalised) sample."""
-        with torch.no_grad():
-            xn = sample.to(self.decoder.bias.device, torch.float32) * self.input_scale
-            self.decoder.bias.copy_(xn.mean(dim=0))
-
-    def after_optimizer_step(self) -> None:
-        self._normalise_decoder()
-
-    def _pre_activations(self, xn: torch.Tensor) -> torch.Tensor:
-        return self.encoder(xn - self.decoder.bias)
+    config: TopKAuxConfig
 
     def _encode(self, xn: torch.Tensor) -> torch.Tensor:
         return topk_activations(self._pre_activations(xn), self.config.k)
 
     def _loss(self, xn: torch.Tensor, generator: torch.Generator | None) -> LossTerms:
-        cfg = self.config
         pre = self._pre_activations(xn)
-        f = topk_activations(pre, cfg.k)
+        f = topk_activations(pre, self.config.k)
         x_hat = self.decoder(f)
-        # Auxiliary loss over the currently dead latents (masked, so no host sync is needed).
-        dead = self.tokens_since_fired >= cfg.dead_after_tokens
-        dead_pre = pre.masked_fill(~dead, float("-inf"))
-        aux_f = topk_activations(dead_pre, min(cfg.aux_k, cfg.n_latents))
-        residual = (xn.float() - x_hat.float()).detach()
-        aux_hat = aux_f @ self.decoder.weight.T
-        if self.training:
-            with torch.no_grad():
-                fired = (f > 0).any(dim=0)
-                self.tokens_since_fired.add_(xn.shape[0]).masked_fill_(fired, 0)
-        return {
-            "recon": squared_error(xn, x_hat).mean(),
-            "aux": cfg.aux_coefficient * squared_error(residual, aux_hat).mean(),
-        }
+        return {"recon": squared_error(xn, x_hat).mean(), "aux": self._aux_loss(pre, xn, x_hat, f)}
 
     def saelens_export(self) -> SAELensExport:
         """SAELens "topk" with apply_b_dec_to_input: it encodes x − b_dec, as this recipe does."""

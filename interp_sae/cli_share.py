@@ -106,7 +106,8 @@ def export_saelens(
         None, help="Tokens per context the activations were harvested with. Default: from config.json's metadata."
     ),
 ) -> None:
-    """Export a dictionary to SAELens's layout (standard: ReLU SAEs; topk: TopK SAEs).
+    """Export a dictionary to SAELens's layout (standard: ReLU SAEs; topk: TopK SAEs; jumprelu: JumpReLU,
+    BatchTopK and Matryoshka with their thresholds; gated: Gated SAEs).
 
     The input scale is folded into the weights, so SAELens reads raw activations. VAEase and the
     VAE are refused: SAELens cannot represent them.
@@ -126,14 +127,15 @@ def export_saelens(
 
 def import_saelens(
     folder: Path = typer.Argument(
-        ..., help="SAELens folder: cfg.json + sae_weights.safetensors, architecture standard or topk."
+        ..., help="SAELens folder: cfg.json + sae_weights.safetensors, architecture standard, topk, jumprelu or gated."
     ),
     out: Path = typer.Argument(..., help="Dictionary folder to write (config.json + model.safetensors)."),
 ) -> None:
     """Convert a SAELens SAE into a dictionary folder that interp-sae's tools read.
 
     standard becomes sae_l1 (a plain ReLU SAE), topk becomes topk_aux (b_dec subtracted from the
-    input) or sae_topk. Only JSON and safetensors are read: pickled weights are refused.
+    input) or sae_topk, jumprelu (also how SAELens saves BatchTopK and Matryoshka) becomes jumprelu,
+    gated becomes gated. Only JSON and safetensors are read: pickled weights are refused.
     """
     with boundary():
         saelens.import_saelens(folder, out)

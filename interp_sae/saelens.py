@@ -1,16 +1,21 @@
 """Convert dictionaries to and from SAELens 6.x's on-disk layout (what `SAE.load_from_disk` reads).
 
-A SAELens folder holds `cfg.json`, `sae_weights.safetensors` with exactly `W_enc [d_in, d_sae]`,
-`b_enc [d_sae]`, `W_dec [d_sae, d_in]`, `b_dec [d_in]`, and optionally `sparsity.safetensors`
-(`sparsity` = log10(firing frequency + 1e-10)). Its forward pass:
+A SAELens folder holds `cfg.json`, `sae_weights.safetensors` with exactly the tensors of its
+architecture (`LAYOUTS`: `W_enc [d_in, d_sae]`, `b_enc [d_sae]`, `W_dec [d_sae, d_in]`, `b_dec [d_in]`,
+plus `threshold [d_sae]` for jumprelu; gated has `b_gate`, `b_mag`, `r_mag [d_sae]` instead of `b_enc`),
+and optionally `sparsity.safetensors` (`sparsity` = log10(firing frequency + 1e-10)). Its forward pass:
 
-    pre = (x - b_dec * apply_b_dec_to_input) @ W_enc + b_enc
-    f   = relu(pre)                       # "standard"
-    f   = relu of the k largest pre, 0 elsewhere   # "topk"
+    x'  = x - b_dec * apply_b_dec_to_input
+    pre = x' @ W_enc + b_enc
+    f   = relu(pre)                                        # "standard"
+    f   = relu of the k largest pre, 0 elsewhere           # "topk"
+    f   = relu(pre) * (pre > threshold)                    # "jumprelu" (also BatchTopK, Matryoshka)
+    f   = (x' @ W_enc + b_gate > 0) * relu(x' @ (W_enc * exp(r_mag)) + b_mag)   # "gated"
     x̂   = f @ W_dec + b_dec
 
-Only architectures whose outputs that formula reproduces are exported; the input scale is
-folded into the weights (SAELens reads a norm scaling factor only from its own release list).
+Only architectures whose outputs these formulas reproduce are exported (each says how in its
+`saelens_export`); the input scale is folded into the weights (SAELens reads a norm scaling
+factor only from its own release list).
 Only JSON and safetensors are read: nothing here unpickles or runs code from a folder.
 """
 
@@ -18,7 +23,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,16 +33,28 @@ from safetensors.torch import load_file, save_file
 import dictionaries
 from dictionaries.base import Dictionary
 from dictionaries.io import CONFIG_FILE as DICTIONARY_CONFIG_FILE
+from interp_sae.atomic import write_atomic, write_json_atomic
+from interp_sae.errors import ConfigError
 from interp_sae.hub import SAELENS_CONFIG_FILE as CFG_FILE
 from interp_sae.hub import pickle_hint
+from interp_sae.runtime import dtype_name
 
-WEIGHTS_FILE = "sae_weights.safetensors"
+SAELENS_WEIGHTS_FILE = "sae_weights.safetensors"
 SPARSITY_FILE = "sparsity.safetensors"
 WEIGHT_NAMES = ("W_enc", "b_enc", "W_dec", "b_dec")
+# SAELens architecture -> the tensors of its inference file, in SAELens's order.
+LAYOUTS = {
+    "standard": WEIGHT_NAMES,
+    "topk": WEIGHT_NAMES,
+    "jumprelu": (*WEIGHT_NAMES, "threshold"),
+    "gated": ("W_enc", "b_gate", "b_mag", "r_mag", "W_dec", "b_dec"),
+}
 SPARSITY_EPS = 1e-10  # as SAELens's trainer writes it
 # The SAELens release whose layout this follows. Loaders convert configs without a version, or
 # older than 6.0, from the pre-6 layout; this must stay >= 6.0.0 so they read ours as written.
 SAELENS_LAYOUT_VERSION = "6.0.0"
+# Provenance keys of our config.json that travel through SAELens's metadata and come back on import.
+CARRIED_PROVENANCE = ("store", "split", "input_normalization")
 # SAELens metadata key -> key of the provenance in our config.json's "metadata" object.
 METADATA_KEYS = {
     "hook_name": "hook_name",
@@ -47,43 +63,10 @@ METADATA_KEYS = {
     "context_size": "context_length",
     "prepend_bos": "prepend_bos",
 }
-DTYPE_NAMES = {torch.float32: "float32", torch.float64: "float64", torch.float16: "float16", torch.bfloat16: "bfloat16"}
-NOT_REPRESENTABLE = {
-    "vaease": "VAEase's code is the gated mean (1 − σ) ⊙ μ, and the gate σ comes from the encoder's "
-    "variance head, which SAELens has no slot for",
-    "vae": "the VAE's code is the posterior mean μ of a swish (SiLU) or multi-layer encoder, "
-    "and SAELens's SAEs encode with one linear layer and ReLU, TopK or JumpReLU",
-}
 
 
-class SAELensError(ValueError):
+class SAELensError(ConfigError):
     """A dictionary cannot be exported, or a folder imported; the message says why."""
-
-
-@dataclass(frozen=True)
-class SAELensForm:
-    """How one of our dictionaries is written in SAELens's terms."""
-
-    architecture: str  # "standard" or "topk"
-    apply_b_dec_to_input: bool
-    k: int | None = None
-
-
-def saelens_form(model: Dictionary) -> SAELensForm:
-    """The SAELens architecture that computes exactly what `model` does, or SAELensError.
-
-    Every case below has the same linear encoder and decoder as SAELens; our TopK keeps the k
-    largest of ReLU(pre), which is SAELens's ReLU of the k largest pre.
-    """
-    arch, config = model.architecture, model.config
-    if arch in ("sae_l1", "sae_log") or (arch == "wsae" and config.encoder == "relu"):
-        return SAELensForm("standard", apply_b_dec_to_input=False)  # wsae's Γ only weights the training loss
-    if arch == "sae_topk" or (arch == "wsae" and config.encoder == "topk"):
-        return SAELensForm("topk", apply_b_dec_to_input=False, k=config.k)
-    if arch == "topk_aux":
-        return SAELensForm("topk", apply_b_dec_to_input=True, k=config.k)  # it encodes x - b_dec
-    reason = NOT_REPRESENTABLE.get(arch, "its forward pass has no SAELens equivalent")
-    raise SAELensError(f"Cannot export a {arch} dictionary to SAELens: {reason}.")
 
 
 def export_saelens(
@@ -101,56 +84,47 @@ def export_saelens(
     """
     dictionary = Path(dictionary)
     model = dictionaries.load_dictionary(dictionary)
-    form = saelens_form(model)
+    try:
+        form = model.saelens_export()
+    except dictionaries.CannotExport as reason:
+        raise SAELensError(f"Cannot export a {model.architecture} dictionary to SAELens: {reason}.") from None
     config = json.loads((dictionary / DICTIONARY_CONFIG_FILE).read_text())
     cfg = {
         "d_in": model.config.d,
         "d_sae": model.config.n_latents,
-        "dtype": DTYPE_NAMES[model.decoder.weight.dtype],
+        "dtype": dtype_name(model.decoder.weight.dtype),
         "device": "cpu",
         "apply_b_dec_to_input": form.apply_b_dec_to_input,
         "normalize_activations": "none",  # the input scale is folded into the weights
         "reshape_activations": "none",
         "architecture": form.architecture,
     }
-    if form.architecture == "topk":
-        cfg |= {"k": form.k, "rescale_acts_by_decoder_norm": False}
+    cfg |= form.cfg
     cfg["metadata"] = _export_metadata(config, model.architecture, metadata or {})
     sparsity = None if firing_frequency is None else _log_sparsity(firing_frequency, model.config.n_latents)
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    save_file(folded_weights(model), out / WEIGHTS_FILE)
-    (out / CFG_FILE).write_text(json.dumps(cfg, indent=2) + "\n")
+    write_atomic(out / SAELENS_WEIGHTS_FILE, lambda tmp: save_file(form.tensors, tmp))
+    write_json_atomic(out / CFG_FILE, cfg, indent=2)
     if sparsity is None:
         (out / SPARSITY_FILE).unlink(missing_ok=True)  # a stale one would describe another dictionary
     else:
-        save_file({"sparsity": sparsity}, out / SPARSITY_FILE)
+        write_atomic(out / SPARSITY_FILE, lambda tmp: save_file({"sparsity": sparsity}, tmp))
     return out
 
 
-def folded_weights(model: Dictionary) -> dict[str, torch.Tensor]:
-    """SAELens's four tensors for `model`, with the input scale s folded in.
-
-    Ours: f = act(W_e (s·x − b_d·a) + b_e), x̂ = (W_d f + b_d) / s, a = apply_b_dec_to_input.
-    So W_enc = s·W_eᵀ, b_enc = b_e, W_dec = W_dᵀ / s, b_dec = b_d / s (and s·x − b_d = s·(x − b_dec)).
-    """
-    s = model.input_scale
-    tensors = {
-        "W_enc": (model.encoder.weight * s).T,
-        "b_enc": model.encoder.bias,
-        "W_dec": (model.decoder.weight / s).T,
-        "b_dec": model.decoder.bias / s,
-    }
-    return {name: tensor.detach().cpu().contiguous() for name, tensor in tensors.items()}
-
-
 def import_saelens(folder: str | Path, out: str | Path) -> Path:
-    """Convert a SAELens folder (standard or topk) into a dictionary folder at `out`; returns `out`.
+    """Convert a SAELens folder (standard, topk, jumprelu or gated) into a dictionary folder at
+    `out`; returns `out`.
 
     standard becomes `sae_l1` (a plain ReLU SAE; apply_b_dec_to_input is folded into b_enc),
-    topk becomes `topk_aux` when it subtracts b_dec from the input and `sae_topk` otherwise.
-    SAELens metadata (hook, model, dataset, context) goes into config.json's "metadata".
+    topk becomes `topk_aux` when it subtracts b_dec from the input and `sae_topk` otherwise,
+    jumprelu (which is also how SAELens saves BatchTopK and Matryoshka) becomes `jumprelu` with
+    exactly those thresholds (b_dec is always subtracted there: when the file does not, b_dec @ W_enc
+    is folded into b_enc; thresholds ≤ 0 compute as 0 and are stored as 0), and gated becomes `gated` (likewise folded
+    into b_gate and b_mag). SAELens metadata (hook, model, dataset, context) goes into
+    config.json's "metadata".
     """
     folder = Path(folder)
     cfg = _read_cfg(folder)
@@ -167,6 +141,8 @@ def _export_metadata(config: dict[str, Any], architecture: str, overrides: dict[
         **known,
         **{key: value for key, value in overrides.items() if value is not None},  # None: not given
         "interp_sae_architecture": architecture,  # what it was before export: provenance for readers
+        # What only interp-sae reads back (import_saelens): the store, split and normalisation it was trained with.
+        "interp_sae_provenance": {key: provenance[key] for key in CARRIED_PROVENANCE if key in provenance} or None,
     }
     return {key: value for key, value in metadata.items() if value is not None}
 
@@ -183,7 +159,7 @@ def _log_sparsity(firing_frequency: torch.Tensor | Sequence[float], n_latents: i
 
 
 def _read_cfg(folder: Path) -> dict[str, Any]:
-    """cfg.json in SAELens 6.x terms, checked to describe a standard or topk SAE that imports exactly."""
+    """cfg.json in SAELens 6.x terms, checked to describe an SAE of a `LAYOUTS` architecture that imports exactly."""
     path = folder / CFG_FILE
     if not path.is_file():
         raise SAELensError(f"{folder} is not a SAELens folder: {CFG_FILE} is missing.")
@@ -198,9 +174,10 @@ def _read_cfg(folder: Path) -> dict[str, Any]:
     for key in ("d_in", "d_sae"):
         if not isinstance(cfg.get(key), int) or cfg[key] < 1:
             raise SAELensError(f"{path}: {key} must be a positive integer, got {cfg.get(key)!r}.")
-    if cfg.get("architecture") not in ("standard", "topk"):
+    if cfg.get("architecture") not in LAYOUTS:
+        *others, last = LAYOUTS
         raise SAELensError(f"{path}: SAELens architecture {cfg.get('architecture')!r} has no interp-sae equivalent "
-                           "(standard and topk import).")  # fmt: skip
+                           f"({', '.join(others)} and {last} import).")  # fmt: skip
     if cfg.get("normalize_activations", "none") != "none":
         raise SAELensError(
             f"{path}: normalize_activations is {cfg['normalize_activations']!r}; only 'none' imports, because "
@@ -238,10 +215,10 @@ def _normalise_pre_6(cfg: dict[str, Any], path: Path) -> dict[str, Any]:
 
 
 def _read_weights(folder: Path, cfg: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """The four tensors, as float32, after checking names and shapes against cfg."""
-    path = folder / WEIGHTS_FILE
+    """The tensors of cfg's architecture (`LAYOUTS`), as float32, after checking names and shapes against cfg."""
+    path = folder / SAELENS_WEIGHTS_FILE
     if not path.is_file():
-        raise SAELensError(f"{folder} is not a SAELens folder: {WEIGHTS_FILE} is missing{pickle_hint(folder)}.")
+        raise SAELensError(f"{folder} is not a SAELens folder: {SAELENS_WEIGHTS_FILE} is missing{pickle_hint(folder)}.")
     try:
         tensors = load_file(path)
     except SafetensorError as error:
@@ -249,13 +226,13 @@ def _read_weights(folder: Path, cfg: dict[str, Any]) -> dict[str, torch.Tensor]:
     scaling = tensors.pop("scaling_factor", None)  # SAELens once saved an all-ones one, and drops it on load
     if scaling is not None and not bool((scaling == 1).all()):
         raise SAELensError(f"{path}: a fine-tuning scaling_factor other than 1 is not supported.")
-    if sorted(tensors) != sorted(WEIGHT_NAMES):
-        raise SAELensError(
-            f"{path} must hold exactly {list(WEIGHT_NAMES)} (SAELens standard or topk), got {sorted(tensors)}."
-        )
+    names = LAYOUTS[cfg["architecture"]]
+    if sorted(tensors) != sorted(names):
+        sharing = " or ".join(architecture for architecture, layout in LAYOUTS.items() if layout == names)
+        raise SAELensError(f"{path} must hold exactly {list(names)} (SAELens {sharing}), got {sorted(tensors)}.")
     d_in, d_sae = cfg["d_in"], cfg["d_sae"]
-    expected = {"W_enc": (d_in, d_sae), "b_enc": (d_sae,), "W_dec": (d_sae, d_in), "b_dec": (d_in,)}
-    for name, shape in expected.items():
+    for name in names:
+        shape = {"W_enc": (d_in, d_sae), "W_dec": (d_sae, d_in), "b_dec": (d_in,)}.get(name, (d_sae,))
         if tuple(tensors[name].shape) != shape:
             raise SAELensError(
                 f"{path}: {name} has shape {tuple(tensors[name].shape)}, but cfg.json (d_in={d_in}, d_sae={d_sae}) needs {shape}."
@@ -263,25 +240,64 @@ def _read_weights(folder: Path, cfg: dict[str, Any]) -> dict[str, torch.Tensor]:
     return {name: tensor.float() for name, tensor in tensors.items()}
 
 
-def _dictionary_from_saelens(cfg: dict[str, Any], t: dict[str, torch.Tensor]) -> Dictionary:
+Converted = tuple[str, dict[str, Any], dict[str, torch.Tensor]]
+"""(our architecture, its config fields beyond d and n_latents, state-dict entries to load)."""
+
+
+def _from_standard(cfg: dict[str, Any], t: dict[str, torch.Tensor], subtract_b_dec: bool) -> Converted:
+    b_enc = t["b_enc"]
+    if subtract_b_dec:  # (x - b_dec) @ W_enc + b_enc = x @ W_enc + (b_enc - b_dec @ W_enc)
+        b_enc = b_enc - t["b_dec"] @ t["W_enc"]
+    return "sae_l1", {}, _linear_state(t["W_enc"], b_enc, t["W_dec"], t["b_dec"])
+
+
+def _from_topk(cfg: dict[str, Any], t: dict[str, torch.Tensor], subtract_b_dec: bool) -> Converted:
     W_enc, b_enc, W_dec = t["W_enc"], t["b_enc"], t["W_dec"]
+    if cfg.get("rescale_acts_by_decoder_norm"):
+        # SAELens selects on pre·‖W_dec_i‖ and decodes f/‖W_dec_i‖: fold the norms in (its fold_W_dec_norm).
+        norms = W_dec.norm(dim=-1)
+        W_enc, b_enc, W_dec = W_enc * norms, b_enc * norms, W_dec / norms[:, None]
+    name = "topk_aux" if subtract_b_dec else "sae_topk"
+    return name, {"k": cfg["k"]}, _linear_state(W_enc, b_enc, W_dec, t["b_dec"])
+
+
+def _from_jumprelu(cfg: dict[str, Any], t: dict[str, torch.Tensor], subtract_b_dec: bool) -> Converted:
+    """Ours always subtracts b_dec, and trains θ itself (the default "direct" parameterisation);
+    relu(pre)·(pre > θ) is the same for every θ ≤ 0, stored as θ = 0."""
+    b_enc = t["b_enc"]
+    if not subtract_b_dec:  # x @ W_enc + b_enc = (x - b_dec) @ W_enc + (b_enc + b_dec @ W_enc)
+        b_enc = b_enc + t["b_dec"] @ t["W_enc"]
+    state = _linear_state(t["W_enc"], b_enc, t["W_dec"], t["b_dec"])
+    return "jumprelu", {"threshold_parameterization": "direct"}, state | {"threshold": t["threshold"].clamp(min=0)}
+
+
+def _from_gated(cfg: dict[str, Any], t: dict[str, torch.Tensor], subtract_b_dec: bool) -> Converted:
+    b_gate, b_mag = t["b_gate"], t["b_mag"]
+    if not subtract_b_dec:  # as for jumprelu, once for each path
+        b_gate = b_gate + t["b_dec"] @ t["W_enc"]
+        b_mag = b_mag + t["b_dec"] @ (t["W_enc"] * t["r_mag"].exp())
+    return "gated", {}, {
+        "encoder.weight": t["W_enc"].T, "b_gate": b_gate, "b_mag": b_mag, "r_mag": t["r_mag"],
+        "decoder.weight": t["W_dec"].T, "decoder.bias": t["b_dec"],
+    }  # fmt: skip
+
+
+def _linear_state(
+    W_enc: torch.Tensor, b_enc: torch.Tensor, W_dec: torch.Tensor, b_dec: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    return {"encoder.weight": W_enc.T, "encoder.bias": b_enc, "decoder.weight": W_dec.T, "decoder.bias": b_dec}
+
+
+# SAELens architecture -> its conversion (every key of LAYOUTS has one).
+_CONVERTERS = {"standard": _from_standard, "topk": _from_topk, "jumprelu": _from_jumprelu, "gated": _from_gated}
+
+
+def _dictionary_from_saelens(cfg: dict[str, Any], t: dict[str, torch.Tensor]) -> Dictionary:
     subtract_b_dec = bool(cfg.get("apply_b_dec_to_input", True))  # SAELens's default
-    if cfg["architecture"] == "topk":
-        if cfg.get("rescale_acts_by_decoder_norm"):
-            # SAELens selects on pre·‖W_dec_i‖ and decodes f/‖W_dec_i‖: fold the norms in (its fold_W_dec_norm).
-            norms = W_dec.norm(dim=-1)
-            W_enc, b_enc, W_dec = W_enc * norms, b_enc * norms, W_dec / norms[:, None]
-        name, fields = ("topk_aux" if subtract_b_dec else "sae_topk"), {"k": cfg["k"]}
-    else:
-        if subtract_b_dec:  # (x - b_dec) @ W_enc + b_enc = x @ W_enc + (b_enc - b_dec @ W_enc)
-            b_enc = b_enc - t["b_dec"] @ W_enc
-        name, fields = "sae_l1", {}
+    name, fields, converted = _CONVERTERS[cfg["architecture"]](cfg, t, subtract_b_dec)
     model = dictionaries.create(dictionaries.make_config(name, d=cfg["d_in"], n_latents=cfg["d_sae"], **fields))
     state = model.state_dict()
-    state |= {
-        "encoder.weight": W_enc.T, "encoder.bias": b_enc, "decoder.weight": W_dec.T, "decoder.bias": t["b_dec"],
-        "input_scale": torch.ones(()),
-    }  # fmt: skip
+    state |= converted | {"input_scale": torch.ones(())}
     model.load_state_dict(state)
     return model
 
@@ -289,4 +305,8 @@ def _dictionary_from_saelens(cfg: dict[str, Any], t: dict[str, torch.Tensor]) ->
 def _import_metadata(cfg: dict[str, Any]) -> dict[str, Any]:
     source = {**cfg, **(cfg.get("metadata") or {})}  # pre-6 configs keep these at the top level
     metadata = {ours: source.get(key) for key, ours in METADATA_KEYS.items()}
-    return {"source": "saelens", **{key: value for key, value in metadata.items() if value is not None}}
+    carried = source.get("interp_sae_provenance") or {}
+    if not isinstance(carried, dict):
+        raise SAELensError("cfg.json: metadata.interp_sae_provenance must be a JSON object.")
+    known = {key: carried[key] for key in CARRIED_PROVENANCE if key in carried}
+    return {"source": "saelens", **{key: value for key, value in metadata.items() if value is not None}, **known}

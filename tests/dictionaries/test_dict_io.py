@@ -16,6 +16,10 @@ CONFIGS = {
     "sae_topk": {"k": 3},
     "wsae": {"encoder": "topk", "k": 3, "estimator": "kurtosis"},
     "topk_aux": {"k": 3},
+    "batchtopk": {"k": 3},
+    "matryoshka": {"k": 3, "prefixes": [4]},
+    "jumprelu": {},
+    "gated": {},
 }
 
 

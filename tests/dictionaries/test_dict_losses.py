@@ -118,20 +118,27 @@ def test_wsae_with_identity_weights_is_the_plain_sae(plain, encoder):
 
 def test_topk_aux_reconstructs_the_residual_with_dead_latents():
     model = sae_model("topk_aux", k=1, aux_k=1, aux_coefficient=0.5, dead_after_tokens=3)
-    model.tokens_since_fired.copy_(torch.tensor([0, 4]))  # latent 1 is dead
+    # latent 0 never wins the top 1 below, so it stays dead (counters are updated with the batch
+    # before the dead set is chosen, as Gao et al.'s code does)
+    model.tokens_since_fired.copy_(torch.tensor([4, 0]))
     # pre-activations use x − b_dec
     pre = [[p + b for p, b in zip(matvec(W_ENC, [xi - bi for xi, bi in zip(x, B_DEC)]), B_ENC)] for x in X]
     z = [[v if v == max(r) and v > 0 else 0.0 for v in r] for r in pre]
     x_hat = [decode(zi) for zi in z]
+    residual = [[xi - hi for xi, hi in zip(x, xh)] for x, xh in zip(X, x_hat)]
     aux = 0.0
-    for x, xh, p in zip(X, x_hat, pre):
-        a = max(p[1], 0.0)  # only the dead latent may reconstruct the residual; no bias
-        aux += sq_err([xi - hi for xi, hi in zip(x, xh)], [W_DEC[0][1] * a, W_DEC[1][1] * a])
+    for e, p in zip(residual, pre):
+        a = max(p[0], 0.0)  # only the dead latent may reconstruct the residual; no bias
+        aux += sq_err(e, [W_DEC[0][0] * a, W_DEC[1][0] * a])
+    # Gao et al.'s normalisation: by the residual's spread, times the data's (recon's units)
+    spread = sum(sq_err(e, [sum(r[i] for r in residual) / 2 for i in range(2)]) for e in residual)
+    variance = sum(sq_err(x, [sum(r[i] for r in X) / 2 for i in range(2)]) for x in X) / 2
     recon = sum(sq_err(x, xh) for x, xh in zip(X, x_hat)) / 2
     model.train()
-    close(model.loss(torch.tensor(X)), {"recon": recon, "aux": 0.5 * aux / 2})
+    close(model.loss(torch.tensor(X)), {"recon": recon, "aux": 0.5 * aux / spread * variance}, rel=1e-5)
     fired = [any(zi[j] > 0 for zi in z) for j in range(2)]
-    assert model.tokens_since_fired.tolist() == [0 if f else s + 2 for f, s in zip(fired, [0, 4])]
+    assert fired == [False, True]
+    assert model.tokens_since_fired.tolist() == [0 if f else s + 2 for f, s in zip(fired, [4, 0])]
 
 
 def test_topk_aux_keeps_unit_norm_decoder_columns():

@@ -24,7 +24,8 @@ def export(tmp_path, model: dictionaries.Dictionary, **kwargs) -> tuple[dict, di
 
 
 def test_every_architecture_is_either_exported_or_refused():
-    assert {spec[0] for spec in EXPORTABLE.values()} | REFUSED == set(dictionaries.REGISTRY)
+    exported = {spec[0] for spec in EXPORTABLE.values()} | {spec[0] for spec in MODERN_EXPORTS.values()}
+    assert exported | REFUSED == set(dictionaries.REGISTRY)
 
 
 @pytest.mark.parametrize("name", EXPORTABLE)
@@ -160,3 +161,94 @@ def test_metadata_comes_from_the_config_and_given_values_win(tmp_path):
         "sae_lens_version": "6.0.0", "hook_name": "blocks.4.hook_resid_post", "model_name": "EleutherAI/pythia-70m-deduped",
         "dataset_path": "NeelNanda/pile-10k", "context_size": 128, "prepend_bos": True, "interp_sae_architecture": "sae_topk",
     }  # fmt: skip
+
+
+# --- BatchTopK, Matryoshka and JumpReLU export as SAELens "jumprelu", Gated as "gated" ---------------
+# name -> (architecture, config fields, SAELens architecture, architecture it imports back as)
+MODERN_EXPORTS = {
+    "batchtopk": ("batchtopk", {"k": K}, "jumprelu", "jumprelu"),
+    "matryoshka": ("matryoshka", {"k": K, "prefixes": [4]}, "jumprelu", "jumprelu"),
+    "jumprelu": ("jumprelu", {}, "jumprelu", "jumprelu"),
+    "gated": ("gated", {}, "gated", "gated"),
+}
+
+
+def make_modern(name: str, input_scale: float, seed: int = 0) -> dictionaries.Dictionary:
+    """A random dictionary with non-zero biases and thresholds, so that every tensor shows."""
+    architecture, fields = MODERN_EXPORTS[name][:2]
+    model = dictionaries.create(dictionaries.make_config(architecture, d=D, n_latents=N_LATENTS, **fields), seed=seed)
+    generator = torch.Generator().manual_seed(seed + 100)
+    with torch.no_grad():
+        model.decoder.bias.copy_(torch.randn(D, generator=generator))
+        model.input_scale.fill_(input_scale)
+        if architecture in ("batchtopk", "matryoshka"):
+            model.threshold.fill_(0.5)
+        elif architecture == "jumprelu":
+            model.threshold_parameter.copy_(torch.rand(N_LATENTS, generator=generator))
+        else:
+            for parameter in (model.b_gate, model.b_mag, model.r_mag):
+                parameter.copy_(torch.randn(N_LATENTS, generator=generator) * 0.5)
+    return model
+
+
+def saelens_modern(cfg: dict, t: dict[str, torch.Tensor], x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """SAELens 6.x's JumpReLUSAE / GatedSAE encode and decode, from their formulas, not from our code."""
+    xc = x - t["b_dec"] * cfg["apply_b_dec_to_input"]
+    if cfg["architecture"] == "jumprelu":
+        pre = xc @ t["W_enc"] + t["b_enc"]
+        f = torch.relu(pre) * (pre > t["threshold"])
+    else:
+        f = (xc @ t["W_enc"] + t["b_gate"] > 0) * torch.relu(xc @ (t["W_enc"] * t["r_mag"].exp()) + t["b_mag"])
+    return f, f @ t["W_dec"] + t["b_dec"]
+
+
+@pytest.mark.parametrize("name", MODERN_EXPORTS)
+def test_modern_layout_is_exactly_what_saelens_loads(name, tmp_path):
+    model = make_modern(name, input_scale=0.37)
+    saelens_architecture = MODERN_EXPORTS[name][2]
+
+    cfg, tensors = export(tmp_path, model)
+
+    bias_names = ["b_gate", "b_mag", "r_mag"] if saelens_architecture == "gated" else ["b_enc", "threshold"]
+    assert sorted(tensors) == sorted(["W_enc", "W_dec", "b_dec", *bias_names])
+    assert tensors["W_enc"].shape == (D, N_LATENTS) and tensors["W_dec"].shape == (N_LATENTS, D)
+    assert tensors["b_dec"].shape == (D,) and all(tensors[key].shape == (N_LATENTS,) for key in bias_names)
+    assert all(t.dtype == torch.float32 for t in tensors.values())
+    assert cfg == {
+        "d_in": D, "d_sae": N_LATENTS, "dtype": "float32", "device": "cpu", "apply_b_dec_to_input": True,
+        "normalize_activations": "none", "reshape_activations": "none", "architecture": saelens_architecture,
+        "metadata": {"sae_lens_version": "6.0.0", "interp_sae_architecture": model.architecture},
+    }  # fmt: skip
+    if name in ("batchtopk", "matryoshka"):  # the inference threshold for every latent
+        assert torch.equal(tensors["threshold"], torch.full((N_LATENTS,), 0.5))
+
+
+@pytest.mark.parametrize("name", MODERN_EXPORTS)
+def test_saelens_forward_on_modern_exports_gives_our_outputs(name, tmp_path):
+    model = make_modern(name, input_scale=0.37)
+    x = inputs(0.37)
+
+    cfg, tensors = export(tmp_path, model)
+
+    with torch.no_grad():
+        features, recon = model.encode(x), model(x)
+    theirs, their_recon = saelens_modern(cfg, tensors, x)
+    assert bool((features != 0).any()) and not bool((features != 0).all())
+    assert torch.equal(theirs != 0, features != 0)
+    torch.testing.assert_close(theirs, features, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(their_recon, recon, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", MODERN_EXPORTS)
+def test_modern_export_then_import_reproduces_our_outputs(name, tmp_path):
+    model = make_modern(name, input_scale=0.25)  # a power of two folds without rounding
+    x = inputs(0.25)
+    export(tmp_path, model)
+
+    back = dictionaries.load_dictionary(import_saelens(tmp_path / "saelens", tmp_path / "back"))
+
+    assert back.architecture == MODERN_EXPORTS[name][3] and float(back.input_scale) == 1.0
+    with torch.no_grad():
+        assert torch.equal(back.encode(x) != 0, model.encode(x) != 0)
+        torch.testing.assert_close(back.encode(x), model.encode(x), rtol=0, atol=0)
+        torch.testing.assert_close(back(x), model(x), rtol=0, atol=0)

@@ -101,7 +101,7 @@ def test_a_pre_6_config_is_read_as_saelens_reads_it(tmp_path):
 
 
 CFG_ERRORS = [
-    ({**STANDARD, "architecture": "jumprelu"}, "SAELens architecture 'jumprelu' has no interp-sae equivalent (standard and topk import)."),
+    ({**STANDARD, "architecture": "transcoder"}, "SAELens architecture 'transcoder' has no interp-sae equivalent (standard, topk, jumprelu and gated import)."),
     ({**STANDARD, "normalize_activations": "expected_average_only_in"},
      "normalize_activations is 'expected_average_only_in'; only 'none' imports, because SAELens keeps the "
      "normalisation factor outside the folder. Fold it into the weights first."),
@@ -115,7 +115,7 @@ CFG_ERRORS = [
 
 
 @pytest.mark.parametrize(
-    ("cfg", "message"), CFG_ERRORS, ids=["jumprelu", "normalized", "hook_z", "k", "d_in", "pre-6-activation"]
+    ("cfg", "message"), CFG_ERRORS, ids=["transcoder", "normalized", "hook_z", "k", "d_in", "pre-6-activation"]
 )
 def test_configs_that_would_not_import_exactly_are_refused(cfg, message, tmp_path):
     folder = write_saelens(tmp_path / "sl", cfg, random_weights())
@@ -179,3 +179,90 @@ def test_pickled_weights_are_never_unpickled(tmp_path):
         "which interp-sae never loads (unpickling can run code). Convert them to safetensors."
     )
     assert not marker.exists()
+
+
+# --- jumprelu (also SAELens's BatchTopK and Matryoshka) and gated --------------------------------------
+JUMPRELU = {**STANDARD, "architecture": "jumprelu"}
+GATED = {**STANDARD, "architecture": "gated"}
+
+
+def random_modern_weights(architecture: str, seed: int = 0) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    tensors = random_weights(seed)
+    if architecture == "jumprelu":  # some thresholds ≤ 0, which compute as 0
+        return tensors | {"threshold": torch.randn(N_LATENTS, generator=generator).abs() - 0.2}
+    del tensors["b_enc"]
+    return tensors | {name: torch.randn(N_LATENTS, generator=generator) * 0.5 for name in ("b_gate", "b_mag", "r_mag")}
+
+
+def saelens_modern(cfg: dict, t: dict[str, torch.Tensor], x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """SAELens 6.x's JumpReLUSAE / GatedSAE encode and decode, from their formulas, not from our code."""
+    xc = x - t["b_dec"] * cfg["apply_b_dec_to_input"]
+    if cfg["architecture"] == "jumprelu":
+        pre = xc @ t["W_enc"] + t["b_enc"]
+        f = torch.relu(pre) * (pre > t["threshold"])
+    else:
+        f = (xc @ t["W_enc"] + t["b_gate"] > 0) * torch.relu(xc @ (t["W_enc"] * t["r_mag"].exp()) + t["b_mag"])
+    return f, f @ t["W_dec"] + t["b_dec"]
+
+
+@pytest.mark.parametrize("cfg", [JUMPRELU, {**JUMPRELU, "apply_b_dec_to_input": False}, GATED,
+                                 {**GATED, "apply_b_dec_to_input": False}],
+                         ids=["jumprelu", "jumprelu-no-b_dec", "gated", "gated-no-b_dec"])  # fmt: skip
+def test_imported_jumprelu_and_gated_compute_what_saelens_computes(cfg, tmp_path):
+    tensors = random_modern_weights(cfg["architecture"])
+    x = torch.randn(256, D, generator=torch.Generator().manual_seed(1))
+
+    model = dictionaries.load_dictionary(
+        import_saelens(write_saelens(tmp_path / "sl", cfg, tensors), tmp_path / "ours")
+    )
+
+    assert model.architecture == cfg["architecture"] and model.config.n_latents == N_LATENTS
+    with torch.no_grad():
+        features = model.encode(x)
+        expected, recon = saelens_modern(cfg, tensors, x)
+        assert bool((features != 0).any()) and not bool((features != 0).all())
+        assert torch.equal(features != 0, expected != 0)
+        torch.testing.assert_close(features, expected, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(model.decode(features), recon, rtol=1e-5, atol=1e-5)
+
+
+def test_jumprelu_thresholds_are_kept(tmp_path):
+    tensors = random_modern_weights("jumprelu")
+
+    model = dictionaries.load_dictionary(
+        import_saelens(write_saelens(tmp_path / "sl", JUMPRELU, tensors), tmp_path / "o")
+    )
+
+    assert torch.equal(model.threshold, tensors["threshold"].clamp(min=0))  # ≤ 0 computes as 0
+    assert bool((model.threshold == 0).any())
+
+
+def test_modern_weights_that_do_not_match_are_refused(tmp_path):
+    path = tmp_path / "sl" / "sae_weights.safetensors"
+    jumprelu, gated = random_modern_weights("jumprelu"), random_modern_weights("gated")
+    cases = [
+        (JUMPRELU, random_weights(),
+         f"{path} must hold exactly ['W_enc', 'b_enc', 'W_dec', 'b_dec', 'threshold'] (SAELens jumprelu), "
+         "got ['W_dec', 'W_enc', 'b_dec', 'b_enc']."),
+        (GATED, {**gated, "b_enc": jumprelu["b_enc"]},
+         f"{path} must hold exactly ['W_enc', 'b_gate', 'b_mag', 'r_mag', 'W_dec', 'b_dec'] (SAELens gated), "
+         "got ['W_dec', 'W_enc', 'b_dec', 'b_enc', 'b_gate', 'b_mag', 'r_mag']."),
+        (JUMPRELU, {**jumprelu, "threshold": torch.zeros(N_LATENTS + 1)},
+         f"{path}: threshold has shape ({N_LATENTS + 1},), but cfg.json (d_in={D}, d_sae={N_LATENTS}) needs ({N_LATENTS},)."),
+        (GATED, {**gated, "r_mag": torch.zeros(D)},
+         f"{path}: r_mag has shape ({D},), but cfg.json (d_in={D}, d_sae={N_LATENTS}) needs ({N_LATENTS},)."),
+    ]  # fmt: skip
+    for cfg, weights, message in cases:
+        write_saelens(tmp_path / "sl", cfg, weights)
+        with pytest.raises(SAELensError, match=f"^{re.escape(message)}$"):
+            import_saelens(tmp_path / "sl", tmp_path / "ours")
+
+
+def test_architectures_without_an_equivalent_are_refused_naming_those_that_import(tmp_path):
+    folder = write_saelens(tmp_path / "sl", {**STANDARD, "architecture": "jumprelu_transcoder"}, random_weights())
+
+    message = ("SAELens architecture 'jumprelu_transcoder' has no interp-sae equivalent "
+               "(standard, topk, jumprelu and gated import).")  # fmt: skip
+    with pytest.raises(SAELensError, match=f"^{re.escape(str(folder / 'cfg.json'))}: {re.escape(message)}$"):
+        import_saelens(folder, tmp_path / "ours")

@@ -1,0 +1,174 @@
+"""Gao et al.'s auxiliary loss for dead latents (AuxK), and the linear SAE body the modern
+recipes (BatchTopK, Matryoshka BatchTopK, JumpReLU) share.
+
+AuxK ("Scaling and evaluating sparse autoencoders", Gao et al. 2024, §A.2 and OpenAI's
+`sparse_autoencoder/train.py`): a latent is *dead* when it has not fired for
+`dead_after_tokens` training tokens. Let e = x − x̂ be the main reconstruction's residual
+(detached), and ê = W_dec z_aux the decoder applied (without its bias) to the `aux_k` largest
+ReLU pre-activations among the dead latents, all others zero. Then, over the B vectors of a batch,
+
+    aux = Σ_b ‖e_b − ê_b‖² / Σ_b ‖e_b − ē‖²,     ē = (1/B) Σ_b e_b,
+
+i.e. the auxiliary MSE normalised by the MSE of predicting the residual by its batch mean, exactly
+what OpenAI's `normalized_mse(ê + b_dec, e + b_dec)` computes (the shared bias cancels). The
+training loss adds `aux_coefficient` · aux · V with Gao et al.'s α = 1/32, where V = (1/B) Σ_b
+‖x_b − x̄‖² (detached) puts the term in the units of our `recon` (the raw MSE): Gao et al.
+normalise their *main* MSE by the data's variance too (OpenAI's `train.py`: mse_scale · mse), so
+their aux/recon ratio is α · aux / (recon / V), which is ours. Without V the pull of the aux term
+would depend on the scale of the data. Deliberate choices:
+- no dead latent, or a residual with no spread over the batch (B = 1, or a perfect fit): the term
+  is exactly 0 (it has no gradient there anyway; OpenAI's nan_to_num(0) does the same for 0/0);
+- "fired" means a non-zero activation in the batch's code (OpenAI counts values > 1e-3);
+- no sparsify-style down-weighting when fewer than `aux_k` latents are dead.
+Everything stays on the device: no host synchronisation per step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from dictionaries.base import Dictionary, DictionaryConfig, SAELensExport, fold_linear_sae
+from dictionaries.sae import topk_activations
+from interp_sae.errors import ConfigError
+
+
+def auxk_loss(
+    pre: torch.Tensor, residual: torch.Tensor, decoder_weight: torch.Tensor, dead: torch.Tensor, aux_k: int
+) -> torch.Tensor:
+    """Gao et al.'s normalised AuxK loss (module docstring), without its coefficient.
+
+    pre [B, κ]: pre-activations; residual [B, d]: x − x̂ (detached here); decoder_weight [d, κ]
+    (an `nn.Linear(κ, d).weight`); dead [κ] bool; aux_k: how many dead latents each vector uses
+    (clipped to κ). Returns a float32 scalar.
+    """
+    dead_pre = pre.masked_fill(~dead, float("-inf"))  # ReLU(-inf) = 0: live latents never take part
+    aux_f = topk_activations(dead_pre, min(aux_k, pre.shape[-1]))
+    e = residual.detach().float()
+    e_hat = (aux_f @ decoder_weight.T).float()
+    numerator = (e - e_hat).pow(2).sum()
+    denominator = (e - e.mean(dim=0, keepdim=True)).pow(2).sum()
+    loss = numerator / denominator.clamp(min=torch.finfo(torch.float32).tiny)
+    return torch.where(dead.any() & (denominator > 0), loss, torch.zeros_like(loss))
+
+
+@torch.no_grad()
+def data_variance(xn: torch.Tensor) -> torch.Tensor:
+    """V = (1/B) Σ_b ‖x_b − x̄‖² of a batch [B, d]: the scale that puts AuxK in the raw MSE's units."""
+    x = xn.float()
+    return (x - x.mean(dim=0, keepdim=True)).pow(2).sum(-1).mean()
+
+
+@torch.no_grad()
+def record_firing(tokens_since_fired: torch.Tensor, f: torch.Tensor) -> None:
+    """Advance each latent's count of tokens since it last fired by the batch size, and reset the
+    latents that fired (are non-zero) on some vector of the code `f` [B, κ]."""
+    tokens_since_fired.add_(f.shape[0]).masked_fill_((f != 0).any(dim=0), 0)
+
+
+INIT_SCALE_VECTORS = 4096
+"""Vectors of the preparation sample that `scale_encoder_to_data` encodes (bounds its memory)."""
+
+
+@torch.no_grad()
+def scale_encoder_to_data(model: Dictionary, encoder: nn.Linear, xn: torch.Tensor) -> None:
+    """Divide the encoder's weight by r = mean ‖W_dec f‖ / mean ‖x − b_dec‖ over (up to
+    INIT_SCALE_VECTORS of) the normalised sample `xn`, so that the initial reconstruction has about
+    the centred data's size (Gao et al.'s `init_from_data` does this for TopK). For dictionaries
+    whose code is dense at initialisation (JumpReLU, Gated): with encoder = decoderᵀ about half of
+    the κ latents fire, and W_dec f starts about κ/(2d) times too large."""
+    xn = xn[:INIT_SCALE_VECTORS]
+    centred = (xn - model.decoder.bias).norm(dim=-1).mean()
+    reconstructed = (model._encode(xn) @ model.decoder.weight.T).norm(dim=-1).mean()
+    ratio = reconstructed / centred
+    if bool(torch.isfinite(ratio)) and float(ratio) > 0:
+        encoder.weight /= ratio
+
+
+@dataclass(kw_only=True)
+class AuxKConfig(DictionaryConfig):
+    """The dead-latent fields every AuxK dictionary has (not an architecture of its own)."""
+
+    aux_k: int = 512
+    """Dead latents each vector's auxiliary reconstruction uses (clipped to n_latents); Gao et al.'s 512."""
+    aux_coefficient: float = 1 / 32
+    """α, Gao et al.'s 1/32; 0 switches AuxK off."""
+    dead_after_tokens: int = 10_000_000
+    """A latent is dead after this many training tokens without firing (Gao et al.'s 10M)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.aux_k < 1:
+            raise ConfigError(f"{self.architecture}: aux_k must be at least 1, got {self.aux_k}")
+        if not self.aux_coefficient >= 0:
+            raise ConfigError(f"{self.architecture}: aux_coefficient must be ≥ 0, got {self.aux_coefficient}")
+        if self.dead_after_tokens < 1:
+            raise ConfigError(
+                f"{self.architecture}: dead_after_tokens must be at least 1, got {self.dead_after_tokens}"
+            )
+
+
+class AuxKSAE(Dictionary):
+    """Linear encoder and decoder with the modern initialisation and constraints:
+
+    - pre = W_e (x − b_d) + b_e: the decoder bias b_d is subtracted before encoding, and set to the
+      mean of the (normalised) training sample by `prepare`;
+    - decoder columns have unit norm, re-imposed after every optimiser step;
+    - the encoder starts as the decoder's transpose, with b_e = 0;
+    - `tokens_since_fired` counts, per latent, training tokens since it last fired (a buffer, so
+      saving, loading and resuming keep it), for AuxK.
+    Subclasses choose the activation (`_encode`, `_loss`) and how it is exported.
+    """
+
+    config: AuxKConfig
+    tokens_since_fired: torch.Tensor
+
+    def __init__(self, config: AuxKConfig) -> None:
+        super().__init__(config)
+        self.encoder = nn.Linear(config.d, config.n_latents)
+        with torch.no_grad():
+            self.decoder.bias.zero_()
+            self._normalise_decoder()
+            self.encoder.weight.copy_(self.decoder.weight.T)
+            self.encoder.bias.zero_()
+        self.register_buffer("tokens_since_fired", torch.zeros(config.n_latents, dtype=torch.long))
+
+    @torch.no_grad()
+    def _normalise_decoder(self) -> None:
+        self.decoder.weight /= self.decoder.weight.norm(dim=0, keepdim=True).clamp(min=1e-12)
+
+    def prepare(self, sample: torch.Tensor) -> None:
+        """b_dec := mean of the (normalised) training sample."""
+        with torch.no_grad():
+            xn = sample.to(self.decoder.bias.device, torch.float32) * self.input_scale
+            self.decoder.bias.copy_(xn.mean(dim=0))
+
+    def after_optimizer_step(self) -> None:
+        self._normalise_decoder()
+
+    def _pre_activations(self, xn: torch.Tensor) -> torch.Tensor:
+        return self.encoder(xn - self.decoder.bias)
+
+    def _aux_loss(self, pre: torch.Tensor, xn: torch.Tensor, x_hat: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+        """Update the firing counters from the batch's code `f` (training only), then the weighted
+        AuxK term on the latents that are still dead."""
+        cfg = self.config
+        if self.training:
+            record_firing(self.tokens_since_fired, f)
+        dead = self.tokens_since_fired >= cfg.dead_after_tokens
+        normalised = auxk_loss(pre, xn.float() - x_hat.float(), self.decoder.weight, dead, cfg.aux_k)
+        return cfg.aux_coefficient * data_variance(xn) * normalised
+
+    def _jumprelu_export(self, threshold: torch.Tensor) -> SAELensExport:
+        """SAELens "jumprelu" with apply_b_dec_to_input: f = relu(pre)·(pre > threshold), pre in our
+        normalised units, which the folded W_enc = s·W_eᵀ reproduces exactly, so the threshold is unchanged."""
+        tensors = fold_linear_sae(self.encoder, self.decoder, self.input_scale)
+        tensors["threshold"] = threshold.detach().float().expand(self.config.n_latents).cpu().contiguous()
+        return SAELensExport("jumprelu", True, tensors)
+
+
+def jumprelu(pre: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
+    """SAELens's JumpReLU inference: relu(pre) where pre > threshold, else 0."""
+    return torch.relu(pre) * (pre > threshold)
