@@ -22,6 +22,16 @@ VAEase's AD ≈ the subspace dimension; the VAE's active set is the same for eve
 sum of the dims); SAEs need more. SAE AD is L0 (see dictionaries.metrics); the SAE-TopK AD is
 k by construction.
 
+Besides the per-vector AD (each held-out vector's own 2-means split of its κ values of log σ²,
+averaged per subspace), the output names two variants of the authors' notebook (code), for the
+variational models:
+- "AD, authors' variant": for each subspace, average log σ² over that subspace's held-out
+  vectors, split that one mean vector of κ values by 2-means and count its low group;
+- "AD–RE, one-sample": RE = mean ‖x − x̂‖² when x̂ decodes a single posterior sample
+  z = μ + σ ⊙ ε (the decoder sees (1 − σ) ⊙ z for VAEase, z for the VAE) keeping only each
+  vector's k most active latents (smallest σ²), for k = 1 … κ; printed beside the same curve for
+  the deterministic decode (gated mean for VAEase, μ for the VAE).
+
 `--small` (100k samples, 25 epochs, batch 512; about two minutes on 2 CPU cores) shows the
 claim, with one caveat: at that budget VAEase sometimes covers a subspace with more latents
 than its dimension, each active on part of it (AD ≈ dim + 1 on that subspace, still with a
@@ -36,6 +46,7 @@ import tempfile
 import torch
 
 import dictionaries as D
+from dictionaries.vae import VAEase
 
 
 def make_data(
@@ -57,6 +68,23 @@ def make_data(
         rows = labels == s
         x[rows] = torch.randn(int(rows.sum()), dims[s], generator=g) @ b.T
     return x + noise * torch.randn(n, d, generator=g), labels
+
+
+def authors_ad(log_var: torch.Tensor, labels: torch.Tensor, n_subspaces: int) -> list[int]:
+    """The authors' AD per subspace: 2-means split of the mean of log σ² [N, κ] over the vectors
+    of each subspace (labels [N]), counting the low group (see dictionaries.metrics)."""
+    means = torch.stack([log_var[labels == s].float().mean(0) for s in range(n_subspaces)])
+    return D.two_means_low_mask(means).sum(-1).tolist()
+
+
+def one_sample_ad_re_curve(
+    model: VAEase, x: torch.Tensor, generator: torch.Generator, max_k: int | None = None
+) -> list[tuple[int, float]]:
+    """[(k, RE)] decoding one posterior sample per vector (gated for VAEase) and keeping its k
+    most active latents (smallest σ²), k = 1 … max_k (default κ): the authors' one-sample AD–RE."""
+    with torch.no_grad():
+        code = model.sampled_code(x, generator)
+    return D.ad_re_curve(model, x, max_k, features=code)
 
 
 def main() -> None:
@@ -153,6 +181,34 @@ def main() -> None:
     for name in ("vaease", "vae"):
         error = sum(abs(results[f"{name}_ad_s{s}"] - k) for s, k in enumerate(args.dims)) / len(args.dims)
         results[f"{name}_mean_abs_ad_error"] = round(error, 2)
+
+    variational = {n: m for n, m in result.dictionaries.items() if isinstance(m, VAEase)}
+    print("\nAD, authors' variant: 2-means split of each subspace's mean log σ² over its held-out vectors")
+    for name, model in variational.items():
+        device = next(model.parameters()).device
+        with torch.no_grad():
+            log_var = model.latent_log_variance(test.to(device)).cpu()
+        ad_authors = authors_ad(log_var, test_labels, len(args.dims))
+        print(f"{name:9} " + " ".join(f"{f's{s}={a}':>16}" for s, a in enumerate(ad_authors)))
+        results |= {f"{name}_ad_authors_s{s}": a for s, a in enumerate(ad_authors)}
+
+    k_report = max(args.dims)
+    print(
+        "\nAD–RE: RE = mean ‖x − x̂‖² keeping each vector's k most active latents (smallest σ²), k = 1 … κ;"
+        "\n  deterministic = decode of the gated mean (VAEase) or μ (VAE); one_sample = decode of one"
+        "\n  posterior sample z = μ + σε (gated for VAEase), as the authors' notebook"
+    )
+    for name, model in variational.items():
+        device = next(model.parameters()).device
+        x_dev = test.to(device)
+        generator = torch.Generator(device).manual_seed(args.seed)
+        curves = {
+            "deterministic": D.ad_re_curve(model, x_dev),
+            "one_sample": one_sample_ad_re_curve(model, x_dev, generator),
+        }
+        for variant, curve in curves.items():
+            print(f"{name:9} {variant:13} " + " ".join(f"{re:.3g}" for _, re in curve))
+            results[f"{name}_re_{variant}_k{k_report}"] = round(curve[k_report - 1][1], 3)
     print("RESULT " + " ".join(f"{k}={v}" for k, v in results.items()))
 
 

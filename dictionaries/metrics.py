@@ -3,7 +3,12 @@
 Which latents are *active* for a vector:
 - variational dictionaries (VAE, VAEase): split the vector's κ values of log σ² into two groups
   by 1-D 2-means (the threshold minimising the summed within-group squared deviation, i.e.
-  Otsu), and call the low-variance group active (`ad_method = "two_means_log_variance"`);
+  Otsu), and call the low-variance group active (`ad_method = "two_means_log_variance"`).
+  A vector whose κ values are all equal has no split and is decided by the common value: all κ
+  latents active when σ² < 0.5 (log σ² < log 0.5), none otherwise (`degenerate_threshold`).
+  The authors' code reports AD = κ for such a vector (its split leaves every value in one group,
+  counted as active); we follow it below σ² = 0.5 and report 0 above, where a common σ² near the
+  prior's 1 means no latent carries information;
 - SAEs: the non-zero latents, so AD = L0 (`ad_method = "l0"`). The authors' code splits log|z|,
   which exact zeros make degenerate.
 AD is the count of active latents; dead and dense fractions use the same active set.
@@ -13,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 from pathlib import Path
 
 import torch
@@ -22,27 +28,34 @@ from dictionaries.data import BatchSource
 from interp_sae.atomic import write_atomic, write_text_atomic
 from interp_sae.errors import ConfigError
 
+LOG_HALF = math.log(0.5)
+"""log 0.5: a row of log σ² values that are all equal is active iff σ² < 0.5 (see `two_means_low_mask`)."""
 
-def two_means_low_mask(values: torch.Tensor) -> torch.Tensor:
+
+def two_means_low_mask(values: torch.Tensor, degenerate_threshold: float = LOG_HALF) -> torch.Tensor:
     """Per row of `values` [B, κ], the members of the lower group of the optimal 1-D 2-means split.
 
     Ties between equally good splits go to the smaller low group. A row with a single distinct
-    value has no split: its low group is empty (for log σ² that reads "no active latents").
+    value (all κ equal, or κ = 1) has no split; it is decided by that common value: the whole row
+    is low (active) when the value is below `degenerate_threshold`, none of it otherwise.
+    `degenerate_threshold` is in the units of `values`; the default, log 0.5, is for log σ²
+    (active iff σ² < 0.5: nearer the posterior's σ² → 0 than the prior's σ² = 1).
     """
     v = values.double()
+    kappa = v.shape[-1]
+    degenerate = v.amax(dim=-1, keepdim=True) == v.amin(dim=-1, keepdim=True)
+    degenerate_low = degenerate & (v[:, :1] < degenerate_threshold)
+    if kappa < 2:
+        return degenerate_low.expand_as(v).clone()
     v = v - v.mean(dim=-1, keepdim=True)  # centring keeps the cumulative sums well conditioned
     s, _ = v.sort(dim=-1)
-    kappa = s.shape[-1]
-    if kappa < 2:
-        return torch.zeros_like(values, dtype=torch.bool)
     n_low = torch.arange(1, kappa, device=s.device, dtype=s.dtype)
     c1, c2 = s.cumsum(-1)[:, :-1], s.pow(2).cumsum(-1)[:, :-1]
     t1, t2 = c1[:, -1:] + s[:, -1:], c2[:, -1:] + s[:, -1:].pow(2)
     within = (c2 - c1.pow(2) / n_low) + ((t2 - c2) - (t1 - c1).pow(2) / (kappa - n_low))
     best = within.argmin(dim=-1, keepdim=True)  # first minimum = smallest low group
     threshold = s.gather(-1, best)
-    degenerate = s[:, -1:] == s[:, :1]
-    return (v <= threshold) & ~degenerate
+    return torch.where(degenerate, degenerate_low, v <= threshold)
 
 
 @torch.no_grad()
@@ -113,16 +126,23 @@ def evaluate(
 
 
 @torch.no_grad()
-def ad_re_curve(model: Dictionary, x: torch.Tensor, max_k: int | None = None) -> list[tuple[int, float]]:
-    """RE of the deterministic decode keeping only each vector's k most active latents
-    (by `activity_score`), for k = 1 … max_k (default κ). Returns [(k, re_deterministic)]."""
+def ad_re_curve(
+    model: Dictionary, x: torch.Tensor, max_k: int | None = None, features: torch.Tensor | None = None
+) -> list[tuple[int, float]]:
+    """RE keeping only each vector's k most active latents (by `activity_score`), for
+    k = 1 … max_k (default κ). Returns [(k, re)].
+
+    By default the code kept is the deterministic one (`encode`): RE of the deterministic decode.
+    `features` [B, κ] replaces it, e.g. the code of one posterior sample (`VAEase.sampled_code`),
+    which gives the authors' one-sample variant; the order of the latents is the same either way.
+    """
     was_training = model.training
     model.eval()
-    features = model.encode(x).float()
+    features = (model.encode(x) if features is None else features).float()
     order = model.activity_score(x).argsort(dim=-1, descending=True)
     directions = model.feature_directions.float()
     x_hat = model.decode(torch.zeros_like(features)).float()
-    curve = []
+    curve: list[tuple[int, float]] = []
     last_k = min(max_k or features.shape[-1], features.shape[-1])
     for k in range(last_k):
         latent = order[:, k]

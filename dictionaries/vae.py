@@ -5,6 +5,11 @@ stays at the prior (σ → 1) are silenced per input.
 Loss per vector, batch-averaged (2 × negative ELBO, prior N(0, I), p(x|z) = N(x̂, γI)):
     ‖x − x̂‖²/γ + d·log γ + d·log 2π + Σ_j (σ_j² + μ_j² − log σ_j²) − κ
 reported as the terms `recon` (‖x − x̂‖²/γ), `log_gamma` (d·log γ + d·log 2π) and `kl`.
+
+Precision: under the trainer's bf16 autocast only the encoder runs in bf16. The code (sample or
+mean) is float32, and the decoder and every loss term run with autocast disabled, in float32:
+γ is small (e^−10 at the LLM default), so a bf16-rounded x̂ would put its rounding error, divided
+by γ, into `recon`.
 """
 
 from __future__ import annotations
@@ -32,8 +37,9 @@ class VAEaseConfig(DictionaryConfig):
     """`swish_split` (LLM code): h = swish(W₁x + b₁) ∈ R^{2κ}; μ = h[:κ];
     σ² = max(sigmoid(W₂ h[κ:] + b₂), min_variance).
     `mlp` (synthetic code): `encoder_layers` Linear layers of width 2κ with swish between them;
-    the last layer's output is split into μ and log σ², the latter clamped to ≤ 0 so σ ≤ 1.
-    How the synthetic code split its last layer is UNKNOWN; this is our reading."""
+    the last layer's 2κ outputs are split into μ and log σ², the latter clamped to ≤ 0 so σ ≤ 1.
+    The split is the authors' (code): `torch.chunk(out, 2, dim=-1)`, the first κ outputs are μ and
+    the last κ are log σ², which is what this does."""
     encoder_layers: int = 4
     """Number of Linear layers of the `mlp` encoder (ignored by `swish_split`)."""
     init_log_gamma: float = -10.0
@@ -56,6 +62,11 @@ class VAEConfig(VAEaseConfig):
 @register
 class VAEase(Dictionary):
     config_class = VAEaseConfig
+    config: VAEaseConfig
+    encoder: nn.Module
+    """`swish_split`: Linear(d, 2κ); `mlp`: a Sequential of Linear layers with swish between them."""
+    variance_head: nn.Linear
+    """`swish_split` only: W₂, b₂ of σ² = sigmoid(W₂ h[κ:] + b₂)."""
     gated = True
     ad_method = "two_means_log_variance"
     """Active = the low group of a 1-D 2-means split of the vector's κ values of log σ² (SPEC §4)."""
@@ -69,11 +80,12 @@ class VAEase(Dictionary):
             self.variance_head = nn.Linear(k, k)
         else:
             widths = [d] + [2 * k] * config.encoder_layers
-            self.encoder = nn.Sequential()
+            layers = nn.Sequential()
             for i, (w_in, w_out) in enumerate(zip(widths[:-1], widths[1:])):
                 if i:
-                    self.encoder.append(nn.SiLU())
-                self.encoder.append(nn.Linear(w_in, w_out))
+                    layers.append(nn.SiLU())
+                layers.append(nn.Linear(w_in, w_out))
+            self.encoder = layers
         self.log_gamma = nn.Parameter(torch.tensor(float(config.init_log_gamma)))
 
     def _posterior(self, xn: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -84,8 +96,8 @@ class VAEase(Dictionary):
             mu, h2 = h[:, :k], h[:, k:]
             var = torch.sigmoid(self.variance_head(h2).float()).clamp(min=self.config.min_variance)
             return mu.float(), var.log()
-        out = self.encoder(xn).float()
-        return out[:, :k], out[:, k:].clamp(max=0.0)
+        mu, log_var = self.encoder(xn).float().chunk(2, dim=-1)  # the authors' split (code)
+        return mu, log_var.clamp(max=0.0)
 
     def _code(self, mu: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
         """What the decoder sees for latent value `mu` (a sample or the mean)."""
@@ -99,18 +111,30 @@ class VAEase(Dictionary):
     def latent_log_variance(self, x: torch.Tensor) -> torch.Tensor:
         return self._posterior(x * self.input_scale)[1]
 
-    def _sample_reconstruction(
+    def _sample(
         self, xn: torch.Tensor, generator: torch.Generator | None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(code of one posterior sample z = μ + σ ⊙ ε, μ, log σ²), all float32 [B, κ]; the code is
+        (1 − σ) ⊙ z for VAEase, z for the VAE."""
         mu, log_var = self._posterior(xn)
         std = torch.exp(0.5 * log_var)
         eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
-        x_hat = self.decoder(self._code(mu + std * eps, std))
-        return x_hat, mu, log_var
+        return self._code(mu + std * eps, std), mu, log_var
+
+    def _decode_fp32(self, code: torch.Tensor) -> torch.Tensor:
+        """The linear decoder in float32 even inside autocast (normalised units)."""
+        with torch.autocast(device_type=code.device.type, enabled=False):
+            return self.decoder(code.float())
+
+    def sampled_code(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """[B, κ] float32: what the decoder sees for one posterior sample of raw x (gated for
+        VAEase); `decode` of it is `sampled_reconstruction` for the same draw."""
+        return self._sample(x * self.input_scale, generator)[0]
 
     def sampled_reconstruction(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Reconstruction from one posterior sample (what the authors' RE reports)."""
-        return self._sample_reconstruction(x * self.input_scale, generator)[0] / self.input_scale
+        """Reconstruction from one posterior sample (what the authors' RE reports), float32."""
+        code = self._sample(x * self.input_scale, generator)[0]
+        return self._decode_fp32(code) / self.input_scale
 
     def active_mask(self, x: torch.Tensor) -> torch.Tensor:
         return two_means_low_mask(self.latent_log_variance(x))
@@ -142,14 +166,16 @@ class VAEase(Dictionary):
         )
 
     def _loss(self, xn: torch.Tensor, generator: torch.Generator | None) -> LossTerms:
-        x_hat, mu, log_var = self._sample_reconstruction(xn, generator)
+        code, mu, log_var = self._sample(xn, generator)  # the encoder may run under autocast
         d, k = self.config.d, self.config.n_latents
-        log_gamma = self.log_gamma.float()
-        return {
-            "recon": squared_error(xn, x_hat).mean() / log_gamma.exp(),
-            "log_gamma": d * log_gamma + d * math.log(2 * math.pi),
-            "kl": (log_var.exp() + mu.pow(2) - log_var).sum(-1).mean() - k,
-        }
+        with torch.autocast(device_type=xn.device.type, enabled=False):  # decoder and loss: float32
+            x_hat = self._decode_fp32(code)
+            log_gamma = self.log_gamma.float()
+            return {
+                "recon": squared_error(xn, x_hat).mean() / log_gamma.exp(),
+                "log_gamma": d * log_gamma + d * math.log(2 * math.pi),
+                "kl": (log_var.exp() + mu.pow(2) - log_var).sum(-1).mean() - k,
+            }
 
     @property
     def gamma(self) -> float:

@@ -30,8 +30,9 @@ def test_two_means_with_exact_zeros():
     assert low([[0.0, 0.0, 0.0, -3.0]]) == [[False, False, False, True]]
 
 
-def test_two_means_all_equal_has_no_active_latents():
-    assert low([[0.0, 0.0, 0.0], [-5.0, -5.0, -5.0]]) == [[False] * 3, [False] * 3]
+def test_two_means_all_equal_is_decided_by_the_common_value():
+    # no split: all active iff σ² < 0.5 (log σ² < log 0.5), as the authors' code counts κ
+    assert low([[0.0, 0.0, 0.0], [-5.0, -5.0, -5.0]]) == [[False] * 3, [True] * 3]
 
 
 def test_two_means_two_distinct_values():
