@@ -22,6 +22,7 @@ This class implements the trainer's ``BatchSource`` protocol (``d``, ``num_batch
 from __future__ import annotations
 
 import math
+import threading
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -35,6 +36,8 @@ from interp_sae.errors import ConfigError
 from interp_sae.runtime import resolve_device
 
 from .reader import ActivationStore, Split
+
+_Buffers = list[torch.Tensor | None]
 
 
 @dataclass
@@ -68,6 +71,12 @@ class ShuffledBatches:
         self.prefetch = prefetch if prefetch is not None else (2 if self.device.type == "cuda" else 1)
         shard_bytes = store.manifest.shard_rows * store.context_length * self.d * store.dtype.itemsize
         self.window_shards = max(1, window_bytes // max(1, shard_bytes))
+        # One buffer per window in flight (the one being consumed and those read ahead), reused from
+        # window to window and epoch to epoch: a fresh gigabyte costs a page fault per 4 KiB, and a
+        # fresh pinned one far more. A `batches` call takes the set and gives it back when it ends;
+        # one running beside it (an evaluation that stopped early, say) gets a set of its own.
+        self._spare_buffers: list[_Buffers] = []
+        self._spare_lock = threading.Lock()
 
     # -- sizes -------------------------------------------------------------------------
     @cached_property
@@ -93,12 +102,20 @@ class ShuffledBatches:
         order = rng.permutation(self.store.num_shards).tolist()
         return [order[i : i + self.window_shards] for i in range(0, len(order), self.window_shards)]
 
-    def _load_window(self, epoch: int, number: int, shards: list[int]) -> _Window:
-        """Gather the window's selected vectors from the memory maps into one buffer (pinned on
-        CUDA) and draw its order; on CUDA, also start the upload on the reader's own stream."""
+    def _buffer(self, buffers: _Buffers, slot: int, size: int) -> torch.Tensor:
+        """buffers[slot], grown to hold at least `size` vectors (pinned on CUDA)."""
+        buffer = buffers[slot]
+        if buffer is None or len(buffer) < size:
+            buffer = torch.empty((size, self.d), dtype=self.store.dtype, pin_memory=self.device.type == "cuda")
+            buffers[slot] = buffer
+        return buffer[:size]
+
+    def _load_window(self, epoch: int, number: int, shards: list[int], buffers: _Buffers, slot: int) -> _Window:
+        """Gather the window's selected vectors from the memory maps into buffers[slot] and draw
+        its order; on CUDA, also upload it on the reader's own stream."""
         cuda = self.device.type == "cuda"
         size = int(self.shard_counts[shards].sum())
-        buffer = torch.empty((size, self.d), dtype=self.store.dtype, pin_memory=cuda)
+        buffer = self._buffer(buffers, slot, size)
         at = 0
         for shard in shards:
             local = self._selection(shard)
@@ -111,7 +128,7 @@ class ShuffledBatches:
         stream = torch.cuda.Stream(self.device)
         with torch.cuda.stream(stream):
             window = _Window(buffer.to(self.device, non_blocking=True), order.to(self.device, non_blocking=True))
-        stream.synchronize()  # waits in the reader thread, not the trainer's; then the pinned buffer may go
+        stream.synchronize()  # waits in the reader thread, not the trainer's; then the pinned buffer is free again
         return window
 
     def batches(self, epoch: int = 0, start: int = 0) -> Iterator[torch.Tensor]:
@@ -124,13 +141,27 @@ class ShuffledBatches:
                 skip -= size  # a leading window wholly before batch `start`: never read
             else:
                 pending.append((number, shards))
+        with self._spare_lock:
+            buffers: _Buffers = self._spare_buffers.pop() if self._spare_buffers else [None] * (self.prefetch + 1)
+        try:
+            yield from self._batches_from(epoch, pending, skip, buffers)
+        finally:
+            with self._spare_lock:
+                self._spare_buffers.append(buffers)
+
+    def _batches_from(
+        self, epoch: int, pending: list[tuple[int, list[int]]], skip: int, buffers: _Buffers
+    ) -> Iterator[torch.Tensor]:
         parts: list[torch.Tensor] = []  # the start of a batch that spans two windows
         have = 0
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="window-reader") as pool:
             ahead: deque[Future[_Window]] = deque()
             for i in range(len(pending)):
+                # Windows i … i + prefetch are in flight, so window j can reuse window j − prefetch − 1's
+                # buffer: that one has been consumed (its batches are copies).
                 while len(ahead) <= self.prefetch and i + len(ahead) < len(pending):
-                    ahead.append(pool.submit(self._load_window, epoch, *pending[i + len(ahead)]))
+                    j = i + len(ahead)
+                    ahead.append(pool.submit(self._load_window, epoch, *pending[j], buffers, j % len(buffers)))
                 window = ahead.popleft().result()
                 if self.device.type == "cuda":  # uploaded on the reader's stream, used on the trainer's
                     for tensor in (window.vectors, window.order):

@@ -32,6 +32,7 @@ from .store_format import (
     DOC_IDS,
     DOC_POSITIONS,
     RESERVED_TENSORS,
+    SAFETENSORS_DTYPES,
     TOKEN_IDS,
     TOKENIZER_DIR,
     Manifest,
@@ -44,8 +45,7 @@ from .store_format import (
 
 SIDES = ("train", "validation", "all")
 _OPEN_MAPS = 256
-_SAFETENSORS_DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32, "I32": torch.int32,
-                       "I64": torch.int64}  # fmt: skip
+_DTYPES_BY_NAME = {name: dtype for dtype, name in SAFETENSORS_DTYPES.items()}
 
 
 class ShardIntegrityError(StoreFormatError):
@@ -169,7 +169,7 @@ class _MappedShard:
 
     def tensor(self, name: str) -> torch.Tensor:
         span = self.span(name)
-        dtype = _SAFETENSORS_DTYPES[span.dtype]
+        dtype = _DTYPES_BY_NAME[span.dtype]
         if span.end == span.start:
             return torch.empty(span.shape, dtype=dtype)
         flat = torch.frombuffer(self.map, dtype=dtype, count=(span.end - span.start) // dtype.itemsize,

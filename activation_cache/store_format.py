@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 import xxhash
 
 from interp_sae.atomic import write_json_atomic
@@ -107,16 +108,44 @@ def tensor_checksum(data: bytes | memoryview) -> str:
     return xxhash.xxh3_64_hexdigest(data)
 
 
-def file_checksums(path: Path) -> tuple[int, str, dict[str, str]]:
-    """(size, sha256 of the whole file, xxh3 of each tensor) of a safetensors file."""
-    with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
-        view = memoryview(mapped)
-        try:
-            layout = safetensors_layout(view)
-            sums = {name: tensor_checksum(view[span.start : span.end]) for name, span in layout.items()}
-            return len(view), hashlib.sha256(view).hexdigest(), sums
-        finally:
-            view.release()
+SAFETENSORS_DTYPES = {
+    torch.bfloat16: "BF16",
+    torch.float16: "F16",
+    torch.float32: "F32",
+    torch.int32: "I32",
+    torch.int64: "I64",
+}
+
+
+def safetensors_parts(tensors: dict[str, torch.Tensor]) -> tuple[bytes, list[tuple[str, memoryview]]]:
+    """The safetensors encoding of `tensors` as (header, each tensor's bytes, in file order), the
+    bytes being views of the tensors' own memory: writing them costs no serialised copy.
+
+    The layout follows the format's specification (an 8-byte little-endian header length, a JSON
+    header padded with spaces to a multiple of 8, then the tensors back to back); tensors go
+    largest element size first, so each starts aligned to its element size, as safetensors'
+    own writer does. `safetensors.safe_open` and `load_file` read the result."""
+    order = sorted(tensors, key=lambda name: (-tensors[name].element_size(), name))
+    header: dict[str, Any] = {}
+    blobs, offset = [], 0
+    for name in order:
+        tensor = tensors[name].detach().contiguous().cpu()
+        data = tensor.reshape(-1).view(torch.uint8).numpy().data if tensor.numel() else memoryview(b"")
+        header[name] = {"dtype": SAFETENSORS_DTYPES[tensor.dtype], "shape": list(tensor.shape),
+                        "data_offsets": [offset, offset + len(data)]}  # fmt: skip
+        blobs.append((name, data))
+        offset += len(data)
+    encoded = json.dumps(header, separators=(",", ":")).encode()
+    encoded += b" " * (-len(encoded) % 8)
+    return struct.pack("<Q", len(encoded)) + encoded, blobs
+
+
+def parts_checksums(head: bytes, blobs: list[tuple[str, memoryview]]) -> tuple[str, dict[str, str]]:
+    """(sha256 of the whole file, xxh3 of each tensor) of a file written as `head` then `blobs`."""
+    whole = hashlib.sha256(head)
+    for _, data in blobs:
+        whole.update(data)
+    return whole.hexdigest(), {name: tensor_checksum(data) for name, data in blobs}
 
 
 def shard_file_name(index: int, stream: int = 0, streams: int = 1) -> str:

@@ -9,7 +9,6 @@ plus at most one stray temporary file that the next run removes.
 from __future__ import annotations
 
 import errno
-import os
 import queue
 import threading
 from collections.abc import Callable
@@ -17,7 +16,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
 from interp_sae.atomic import write_atomic
 from interp_sae.errors import InterpSAEError
@@ -26,8 +24,9 @@ from .store_format import (
     Manifest,
     PackerState,
     ShardRecord,
-    file_checksums,
     partial_manifest_name,
+    parts_checksums,
+    safetensors_parts,
     shard_file_name,
     write_manifest,
 )
@@ -130,33 +129,28 @@ class ShardWriter:
 def write_shard_file(path: Path, tensors: dict[str, torch.Tensor], index: int) -> tuple[int, str, dict[str, str]]:
     """Commit a shard atomically. Returns (bytes, sha256 of the file, xxh3 of each tensor).
 
-    safetensors writes the file straight from the tensors (no serialised copy in Python); the
-    checksums are then read back from the page cache while a second thread flushes the file to
-    disk (hashlib and xxhash release the GIL), so the writer costs about what the disk costs."""
-    written: dict[str, object] = {}
+    The file is written straight from the tensors' memory (`safetensors_parts`: no serialised
+    copy), and the checksums are computed from the same memory in a second thread while the first
+    writes and fsyncs (hashlib and xxhash release the GIL), so the writer costs about what the
+    disk costs. Python's own writes keep the OSError's errno, so a full disk is told apart."""
+    head, blobs = safetensors_parts(tensors)
 
     def write(tmp: Path) -> None:
-        save_file(tensors, tmp)
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="shard-fsync") as pool:
-            flushed = pool.submit(_fsync_file, tmp)
-            written["size"], written["sha256"], written["checksums"] = file_checksums(tmp)
-            flushed.result()
+        with open(tmp, "wb") as handle:
+            handle.write(head)
+            for _, data in blobs:
+                handle.write(data)
 
-    try:
-        write_atomic(path, write)
-    except OSError as exc:
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-            raise ShardWriteError(
-                f"no space left writing {path} ({exc.strerror}). Shards before {index} are intact; "
-                "free some space and rerun the same command to resume."
-            ) from exc
-        raise ShardWriteError(f"cannot write {path}: {exc}") from exc
-    return written["size"], written["sha256"], written["checksums"]  # type: ignore[return-value]
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="shard-checksums") as pool:
+        sums = pool.submit(parts_checksums, head, blobs)
+        try:
+            write_atomic(path, write)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+                raise ShardWriteError(
+                    f"no space left writing {path} ({exc.strerror}). Shards before {index} are intact; "
+                    "free some space and rerun the same command to resume."
+                ) from exc
+            raise ShardWriteError(f"cannot write {path}: {exc}") from exc
+        sha256, checksums = sums.result()
+    return len(head) + sum(len(data) for _, data in blobs), sha256, checksums

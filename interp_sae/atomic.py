@@ -27,6 +27,7 @@ def write_atomic(path: str | Path, content: bytes | Callable[[Path], None]) -> P
     try:
         if callable(content):
             os.close(fd)
+            fd = -1
             content(tmp)
             fd = os.open(tmp, os.O_RDONLY)
         else:
