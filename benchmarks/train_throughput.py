@@ -52,6 +52,25 @@ def step_flops(arch: str, batch: int, d: int, kappa: int) -> float:
     return 3 * forward
 
 
+MODERN = ("batchtopk", "jumprelu", "matryoshka")
+
+
+def modern_over_topk_aux(d: int, kappa: int, batch: int, device: torch.device, repeats: int) -> dict[str, float]:
+    """Steps/s of each modern architecture ÷ topk_aux's at the same width (target ≥ 0.9), fp32,
+    timed in alternation (best of 3 rounds) so that load from other processes hits both alike."""
+    x = torch.randn(batch, d, device=device)
+    steps = {}
+    for arch in ("topk_aux", *MODERN):
+        model = D.create(D.make_config(arch, d=d, n_latents=kappa), seed=0).to(device)
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, fused=device.type == "cuda")
+        steps[arch] = functools.partial(D.training_step, model, optimizer, x, torch.Generator(device).manual_seed(0))
+    rounds = [{arch: timed(step, device, repeats) for arch, step in steps.items()} for _ in range(3)]
+    best = {arch: min(times[arch] for times in rounds) for arch in steps}
+    ratios = {arch: best["topk_aux"] / best[arch] for arch in MODERN}
+    print(f"κ={kappa} fp32 training steps/s ÷ topk_aux's: " + ", ".join(f"{a} {r:.2f}" for a, r in ratios.items()))
+    return {f"{arch}_over_topk_aux": round(ratio, 3) for arch, ratio in ratios.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--small", action="store_true", help="CPU sizes on any device: batch 256, κ ∈ {1024, 4096}")
@@ -87,6 +106,7 @@ def main() -> None:
                 results[f"{arch}_k{kappa}_{precision}_tokens_per_s"] = round(batch / seconds)
                 results[f"{arch}_k{kappa}_{precision}_frac_peak"] = round(fraction, 3)
                 del model, optimizer
+    results |= modern_over_topk_aux(args.d, kappas[-1], batch, device, repeats)
     results["peak_fp32_tflops"] = round(peaks["fp32"] / 1e12, 3)
     results["peak_bf16_tflops"] = round(peaks["bf16"] / 1e12, 3)
     print("RESULT " + " ".join(f"{k}={v}" for k, v in results.items()))

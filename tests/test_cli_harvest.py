@@ -85,7 +85,7 @@ def test_verify_on_a_folder_that_is_not_a_store_says_how_to_make_one(tmp_path):
 
 INTERRUPT_AFTER_SECOND_SHARD = """
 import os, signal, sys
-from activation_cache import writer
+from interp_sae import atomic  # every file is committed through it
 from interp_sae.cli import app
 real_replace, renamed = os.replace, []
 def replace(src, dst):
@@ -94,7 +94,7 @@ def replace(src, dst):
         renamed.append(dst)
         if len(renamed) == 2:
             os.kill(os.getpid(), signal.SIGINT)  # what Ctrl-C sends
-writer.os.replace = replace
+atomic.os.replace = replace
 sys.argv = ["interp-sae", *sys.argv[1:]]
 app()
 """
