@@ -67,3 +67,14 @@ class _RunsCodeWhenUnpickled:
 def pickle_that_runs_code(marker) -> bytes:
     """A pickle whose loading creates the file `marker`: proof that something unpickled it."""
     return pickle.dumps(_RunsCodeWhenUnpickled(marker))
+
+
+def saelens_modern(cfg: dict, t: dict[str, torch.Tensor], x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """SAELens 6.x's JumpReLUSAE / GatedSAE encode and decode, from their formulas, not from our code."""
+    xc = x - t["b_dec"] * cfg["apply_b_dec_to_input"]
+    if cfg["architecture"] == "jumprelu":
+        pre = xc @ t["W_enc"] + t["b_enc"]
+        f = torch.relu(pre) * (pre > t["threshold"])
+    else:
+        f = (xc @ t["W_enc"] + t["b_gate"] > 0) * torch.relu(xc @ (t["W_enc"] * t["r_mag"].exp()) + t["b_mag"])
+    return f, f @ t["W_dec"] + t["b_dec"]

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 import dictionaries
 from interp_sae.saelens import SAELensError, export_saelens, import_saelens
 
-from .conftest import EXPORTABLE, N_LATENTS, D, K, inputs, make_model, saelens_decode, saelens_encode
+from .conftest import EXPORTABLE, N_LATENTS, D, K, inputs, make_model, saelens_decode, saelens_encode, saelens_modern
 
 REFUSED = {"vaease", "vae"}
 
@@ -189,17 +189,6 @@ def make_modern(name: str, input_scale: float, seed: int = 0) -> dictionaries.Di
             for parameter in (model.b_gate, model.b_mag, model.r_mag):
                 parameter.copy_(torch.randn(N_LATENTS, generator=generator) * 0.5)
     return model
-
-
-def saelens_modern(cfg: dict, t: dict[str, torch.Tensor], x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """SAELens 6.x's JumpReLUSAE / GatedSAE encode and decode, from their formulas, not from our code."""
-    xc = x - t["b_dec"] * cfg["apply_b_dec_to_input"]
-    if cfg["architecture"] == "jumprelu":
-        pre = xc @ t["W_enc"] + t["b_enc"]
-        f = torch.relu(pre) * (pre > t["threshold"])
-    else:
-        f = (xc @ t["W_enc"] + t["b_gate"] > 0) * torch.relu(xc @ (t["W_enc"] * t["r_mag"].exp()) + t["b_mag"])
-    return f, f @ t["W_dec"] + t["b_dec"]
 
 
 @pytest.mark.parametrize("name", MODERN_EXPORTS)

@@ -14,7 +14,7 @@ import dictionaries
 from interp_sae import model_card
 from interp_sae.saelens import SAELensError, import_saelens
 
-from .conftest import N_LATENTS, D, K, pickle_that_runs_code, saelens_decode, saelens_encode
+from .conftest import N_LATENTS, D, K, pickle_that_runs_code, saelens_decode, saelens_encode, saelens_modern
 
 METADATA = {
     "sae_lens_version": "6.18.0", "model_name": "pythia-70m-deduped", "hook_name": "blocks.3.hook_resid_post",
@@ -193,17 +193,6 @@ def random_modern_weights(architecture: str, seed: int = 0) -> dict[str, torch.T
         return tensors | {"threshold": torch.randn(N_LATENTS, generator=generator).abs() - 0.2}
     del tensors["b_enc"]
     return tensors | {name: torch.randn(N_LATENTS, generator=generator) * 0.5 for name in ("b_gate", "b_mag", "r_mag")}
-
-
-def saelens_modern(cfg: dict, t: dict[str, torch.Tensor], x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """SAELens 6.x's JumpReLUSAE / GatedSAE encode and decode, from their formulas, not from our code."""
-    xc = x - t["b_dec"] * cfg["apply_b_dec_to_input"]
-    if cfg["architecture"] == "jumprelu":
-        pre = xc @ t["W_enc"] + t["b_enc"]
-        f = torch.relu(pre) * (pre > t["threshold"])
-    else:
-        f = (xc @ t["W_enc"] + t["b_gate"] > 0) * torch.relu(xc @ (t["W_enc"] * t["r_mag"].exp()) + t["b_mag"])
-    return f, f @ t["W_dec"] + t["b_dec"]
 
 
 @pytest.mark.parametrize("cfg", [JUMPRELU, {**JUMPRELU, "apply_b_dec_to_input": False}, GATED,
