@@ -33,7 +33,7 @@ def _load_model(spec: str, device: str):
 def inspect(
     store: Path = typer.Argument(..., help="Activation store folder (the one the dictionary was trained on)."),
     dictionary: Path = typer.Argument(..., help="Dictionary folder (config.json + model.safetensors)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output folder: inspection.json and report.html."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder: inspection.json, report.html and features/."),
     hook: str | None = typer.Option(None, help=_HOOK_HELP),
     split: str = typer.Option(
         _INSPECT.split,
@@ -50,14 +50,22 @@ def inspect(
     no_model: bool = typer.Option(False, "--no-model", help="Skip logit effects, loss recovered and ablation."),
     ablate: list[int] = typer.Option([], "--ablate", help="Feature to ablate on its own top contexts; repeatable."),
     ablation_mode: str = typer.Option(_INSPECT.ablation_mode, help=" | ".join(ABLATION_MODES) + "."),
-    loss_rows: int = typer.Option(_INSPECT.loss_rows, help="Held-out rows for loss recovered."),
+    loss_rows: int = typer.Option(_INSPECT.loss_rows, help="Held-out rows for loss recovered and loss effects."),
+    quantile_examples: int = typer.Option(
+        _INSPECT.quantile_examples,
+        help="Examples in each of the middle and low activation-quantile sections (0: none).",
+    ),
+    neighbours: int = typer.Option(
+        _INSPECT.neighbours, help="Neighbours per feature, by decoder cosine and by co-firing (0: none)."
+    ),
     batch_size: int = typer.Option(_INSPECT.batch_size, help="Vectors per batch of the statistics pass."),
     device: str = typer.Option("auto", help="auto (cuda when present), cpu, cuda, ..."),
     allow_other_store: bool = typer.Option(False, "--allow-other-store", help=ALLOW_OTHER_STORE_HELP),
     allow_other_hook: bool = typer.Option(False, "--allow-other-hook", help=ALLOW_OTHER_HOOK_HELP),
 ) -> None:
-    """Statistics, top contexts, logit effects, loss recovered and ablations of every feature;
-    writes inspection.json (schema: docs/INSPECT_SCHEMA.md) and a self-contained report.html."""
+    """Statistics, top and quantile contexts, neighbours, logit and loss effects, loss recovered and
+    ablations of every feature; writes inspection.json (schema: docs/INSPECT_SCHEMA.md) and the
+    report: report.html (searchable, sortable feature list) and features/<j>.html (one page each)."""
     from activation_cache import ActivationStore
     from dictionaries import load_dictionary
     from interp_sae.inspector import inspect as run_inspect
@@ -80,6 +88,8 @@ def inspect(
             rank_by=rank_by,
             batch_size=batch_size,
             loss_rows=loss_rows,
+            quantile_examples=quantile_examples,
+            neighbours=neighbours,
             ablate=list(ablate),
             ablation_mode=ablation_mode,
         )

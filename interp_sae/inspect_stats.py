@@ -19,6 +19,11 @@ index: each score is packed with its index into one int64 key (order-preserving 
 the high 32 bits, the complemented index in the low 32), so ranking unique keys is exact and
 reproducible whatever the batch boundaries.
 
+Beside the top-k, a uniform random sample of each feature's firing tokens is kept (`sample_k`
+per feature): the report's middle and low activation-quantile sections come from it. "Random" is
+a hash of (vector index, feature), ranked with the same keys as the top-k, so the sample too is
+the same whatever the batch boundaries.
+
 A feature *fires* on a token as the dictionary's `active_mask` defines "active": non-zero for
 SAEs; for variational dictionaries, the low-variance group of the token's 1-D 2-means split of
 log σ². Which ranks a dictionary offers, and how it scores them, are its `rank_modes` and
@@ -65,6 +70,7 @@ class FeatureStatistics:
     histogram: torch.Tensor  # int64 [κ, len(HISTOGRAM_EDGES) + 1], firing activations only
     top_indices: list[list[int]]  # per feature, global vector indices, best first
     top_scores: list[list[float]]  # the matching rank scores
+    sample_indices: list[list[int]]  # per feature, a uniform sample of its firing tokens, in hash order
 
     @property
     def mean(self) -> torch.Tensor:
@@ -116,9 +122,17 @@ class FeatureAccumulator:
     batch's entries that beat their feature's current k-th key are sorted and merged in.
     """
 
-    def __init__(self, n_features: int, top_k: int, rank_by: str, device: torch.device, scorer: RankScorer):
-        if top_k < 0:
-            raise ConfigError(f"top_k must be ≥ 0, got {top_k}")
+    def __init__(
+        self,
+        n_features: int,
+        top_k: int,
+        rank_by: str,
+        device: torch.device,
+        scorer: RankScorer,
+        sample_k: int = 0,
+    ):
+        if top_k < 0 or sample_k < 0:
+            raise ConfigError(f"top_k and sample_k must be ≥ 0, got {top_k} and {sample_k}")
         self.top_k, self.rank_by, self.scorer, self.tokens = top_k, rank_by, scorer, 0
         self.edges = torch.tensor(HISTOGRAM_EDGES, device=device)
         n_bins = len(HISTOGRAM_EDGES) + 1
@@ -129,6 +143,7 @@ class FeatureAccumulator:
         self.min = torch.full((n_features,), torch.inf, device=device)
         self.histogram = torch.zeros(n_features * n_bins, dtype=torch.int64, device=device)
         self.keys = torch.full((n_features, top_k), _SENTINEL, dtype=torch.int64, device=device)
+        self.sample_keys = torch.full((n_features, sample_k), _SENTINEL, dtype=torch.int64, device=device)
 
     def update(
         self, features: torch.Tensor, fires: torch.Tensor, indices: torch.Tensor, auxiliary: torch.Tensor | None = None
@@ -148,28 +163,18 @@ class FeatureAccumulator:
         self.histogram += torch.bincount(cols * (len(self.edges) + 1) + bins, minlength=self.histogram.numel())
         if self.top_k:
             scores = self.scorer(self.rank_by, values, None if auxiliary is None else auxiliary.reshape(-1)[flat])
-            self._merge(cols, pack_keys(scores, indices[rows]))
-
-    def _merge(self, cols: torch.Tensor, keys: torch.Tensor) -> None:
-        better = keys > self.keys[:, -1][cols]
-        cols, keys = cols[better], keys[better]
-        if not len(keys):
-            return
-        n_features, k = self.keys.shape
-        order = keys.argsort(descending=True)  # keys are unique: no ties to keep stable
-        order = order[cols[order].argsort(stable=True)]  # grouped by feature, best key first
-        cols, keys = cols[order], keys[order]
-        counts = torch.bincount(cols, minlength=n_features)
-        rank = torch.arange(len(keys), device=keys.device) - (torch.cumsum(counts, 0) - counts)[cols]
-        keep = rank < k
-        batch_best = torch.full_like(self.keys, _SENTINEL)
-        batch_best[cols[keep], rank[keep]] = keys[keep]
-        self.keys = torch.cat([self.keys, batch_best], 1).topk(k, dim=1).values  # sorted: best first
+            self.keys = _merge(self.keys, cols, pack_keys(scores, indices[rows]))
+        if self.sample_keys.shape[1]:
+            self.sample_keys = _merge(
+                self.sample_keys, cols, pack_keys(_uniform_hash(indices[rows], cols), indices[rows])
+            )
 
     def result(self) -> FeatureStatistics:
         keys = self.keys.cpu()
         scores, indices = unpack_keys(keys)
         filled = keys != _SENTINEL
+        sample_keys = self.sample_keys.cpu()
+        _, sampled = unpack_keys(sample_keys)
         return FeatureStatistics(
             tokens=self.tokens,
             rank_by=self.rank_by,
@@ -181,7 +186,36 @@ class FeatureAccumulator:
             histogram=self.histogram.view(len(self.fire_count), -1).cpu(),
             top_indices=[i[m].tolist() for i, m in zip(indices, filled)],
             top_scores=[s[m].tolist() for s, m in zip(scores, filled)],
+            sample_indices=[i[m].tolist() for i, m in zip(sampled, sample_keys != _SENTINEL)],
         )
+
+
+def _merge(table: torch.Tensor, cols: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """`table` [κ, k] of keys (best first) with a batch's (feature, key) entries merged in."""
+    better = keys > table[:, -1][cols]
+    cols, keys = cols[better], keys[better]
+    if not len(keys):
+        return table
+    n_features, k = table.shape
+    order = keys.argsort(descending=True)  # keys are unique: no ties to keep stable
+    order = order[cols[order].argsort(stable=True)]  # grouped by feature, best key first
+    cols, keys = cols[order], keys[order]
+    counts = torch.bincount(cols, minlength=n_features)
+    rank = torch.arange(len(keys), device=keys.device) - (torch.cumsum(counts, 0) - counts)[cols]
+    keep = rank < k
+    batch_best = torch.full_like(table, _SENTINEL)
+    batch_best[cols[keep], rank[keep]] = keys[keep]
+    return torch.cat([table, batch_best], 1).topk(k, dim=1).values  # sorted: best first
+
+
+def _uniform_hash(indices: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+    """A float in [0, 1) per (vector index, feature), uniform and fixed: the sample's random order.
+    A splitmix-style mix in int64 (multiplication wraps), whose top 24 bits become the float."""
+    h = indices * 0x9E3779B1 + features * 0x85EBCA77 + 0x165667B1
+    h = (h ^ (h >> 15)) * 0x2C1B3C6D
+    h = (h ^ (h >> 12)) * 0x297A2D39
+    h = h ^ (h >> 15)
+    return ((h >> 8) & 0xFFFFFF).float() / float(1 << 24)
 
 
 def split_batches(
@@ -205,13 +239,14 @@ def feature_statistics(
     top_k: int = 20,
     rank_by: str | None = None,
     batch_size: int = 4096,
+    sample_k: int = 0,
 ) -> FeatureStatistics:
     """The streaming pass over one side of `store`'s split at `hook`, on the dictionary's device."""
     if len(store) > _LOW_MASK:
         raise ConfigError(f"the store holds {len(store):,} vectors; top-k keys address at most {_LOW_MASK:,}")
     rank_by = resolve_rank_by(dictionary, rank_by)
     device = dictionary.decoder.weight.device
-    acc = FeatureAccumulator(dictionary.config.n_latents, top_k, rank_by, device, dictionary.rank_scores)
+    acc = FeatureAccumulator(dictionary.config.n_latents, top_k, rank_by, device, dictionary.rank_scores, sample_k)
     for x, indices in split_batches(store, hook, side, split or Split(), batch_size, device):
         features, fires, auxiliary = dictionary.inspection_batch(x)
         acc.update(features, fires, indices, auxiliary)

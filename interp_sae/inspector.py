@@ -4,10 +4,12 @@
     results = inspect(ActivationStore("store"), load_dictionary("dict"), lm=lm)  # lm optional
     write_inspection(results, "out")                                              # out/inspection.json
 
-Steps: the streaming statistics + top-k pass (`inspect_stats`), the top examples' contexts
-(`inspect_contexts`), and, when a model is given, each feature's logit effects (`logit_effects`),
-loss recovered on held-out rows (`splice`) and, for the features asked for, ablation on their own
-top contexts (`ablation`). The JSON schema is documented in docs/INSPECT_SCHEMA.md.
+Steps: the streaming statistics + top-k pass (`inspect_stats`, which also samples each
+feature's firing tokens uniformly for the activation-quantile sections), the examples' contexts
+(`inspect_contexts`), each feature's neighbours (`neighbours`), and, when a model is given, each
+feature's logit effects (`logit_effects`), its estimated loss effect (`loss_effects`), loss
+recovered on held-out rows (`splice`) and, for the features asked for, ablation on their own top
+contexts (`ablation`). The JSON schema is documented in docs/INSPECT_SCHEMA.md.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from activation_cache import ActivationStore, LanguageModel
+from activation_cache import ActivationStore, LanguageModel, Split
 from dictionaries import Dictionary
 from interp_sae.ablation import ablate, context_sequence
 from interp_sae.atomic import write_json_atomic
@@ -26,10 +28,13 @@ from interp_sae.errors import ConfigError
 from interp_sae.inspect_contexts import top_contexts
 from interp_sae.inspect_stats import HISTOGRAM_EDGES, FeatureStatistics, feature_statistics, resolve_rank_by
 from interp_sae.logit_effects import logit_effects
+from interp_sae.loss_effects import attributed_loss_effects
+from interp_sae.neighbours import co_firing, decoder_neighbours
 from interp_sae.provenance import resolve
 from interp_sae.splice import loss_recovered
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2 added activation_quantiles, neighbours and loss_effect to each feature
+READABLE_SCHEMAS = (1, 2)
 INSPECTION_FILE = "inspection.json"
 
 
@@ -51,6 +56,12 @@ class InspectConfig:
     ablate: list[int] = field(default_factory=list)
     """Features to ablate on their own top contexts (needs the model)."""
     ablation_mode: str = "zero"
+    quantile_examples: int = 5
+    """Examples in each of the middle and low activation-quantile sections (0 = none)."""
+    neighbours: int = 8
+    """Neighbours listed per feature, by decoder cosine and by co-firing (0 = none)."""
+    cofiring_tokens: int = 65536
+    """Vectors of the split over which co-firing is counted."""
 
 
 def inspect(
@@ -82,13 +93,25 @@ def inspect(
         top_k=config.top_k,
         rank_by=config.rank_by,
         batch_size=config.batch_size,
+        sample_k=3 * config.quantile_examples,
     )
-    contexts = top_contexts(store, dictionary, hook, stats.top_indices, config.window, store.tokenizer())
+    tokenizer = store.tokenizer()
+    contexts = top_contexts(store, dictionary, hook, stats.top_indices, config.window, tokenizer)
+    sampled = top_contexts(store, dictionary, hook, stats.sample_indices, config.window, tokenizer)
     features = [_feature_record(stats, j, contexts[j]) for j in range(dictionary.config.n_latents)]
+    for record, examples in zip(features, sampled):
+        record["activation_quantiles"] = quantile_sections(examples, stats.rank_by, config.quantile_examples)
+    if config.neighbours:
+        add_neighbours(features, store, dictionary, hook, config, split)
     downstream = None
     if lm is not None:
         for record, effects in zip(features, logit_effects(lm, dictionary.feature_directions, config.logit_top_n)):
             record["logits"] = effects
+        loss_effects = attributed_loss_effects(
+            lm, dictionary, store, hook, split, side=config.split, max_rows=config.loss_rows
+        )
+        for record, effect in zip(features, loss_effects.tolist()):
+            record["loss_effect"] = float(f"{effect:.5g}")
         downstream = loss_recovered(
             lm,
             dictionary,
@@ -138,6 +161,31 @@ def ablate_top_contexts(
     return ablate(lm, dictionary, hook, sequences, [feature], mode=config.ablation_mode, means=stats.mean)
 
 
+def quantile_sections(examples: list[dict], rank_by: str, per_section: int) -> list[dict[str, Any]]:
+    """The middle and low thirds of a uniform sample of a feature's firing examples, by rank
+    score (the top third is left out: the top examples already show the high end)."""
+    ranked = sorted(examples, key=lambda e: e["activation"] if rank_by == "value" else abs(e["activation"]))[::-1]
+    third = len(ranked) / 3
+    sections = []
+    for name, chosen in (("middle", ranked[round(third) : round(2 * third)]), ("low", ranked[round(2 * third) :])):
+        chosen = chosen[:per_section]
+        if chosen:
+            values = [e["activation"] for e in chosen]
+            sections.append({"name": name, "range": [min(values), max(values)], "examples": chosen})
+    return sections
+
+
+def add_neighbours(
+    features: list[dict], store: ActivationStore, dictionary: Dictionary, hook: str, config: InspectConfig, split: Split
+) -> None:
+    """Each feature record gains `neighbours`: by decoder cosine and by co-firing on the inspected side."""
+    by_direction = decoder_neighbours(dictionary, config.neighbours)
+    counted = co_firing(store, dictionary, hook, side=config.split, split=split, max_tokens=config.cofiring_tokens)
+    by_firing = counted.neighbours(dictionary.config.n_latents, config.neighbours)
+    for record, direction, firing in zip(features, by_direction, by_firing):
+        record["neighbours"] = {"decoder": direction, "cofiring": firing, "cofiring_tokens": counted.tokens}
+
+
 def _feature_record(stats: FeatureStatistics, j: int, contexts: list[dict]) -> dict[str, Any]:
     for record, score in zip(contexts, stats.top_scores[j]):
         record["score"] = score
@@ -152,7 +200,10 @@ def _feature_record(stats: FeatureStatistics, j: int, contexts: list[dict]) -> d
         "histogram": stats.histogram[j].tolist(),
         "top_examples": contexts,
         "logits": None,
+        "loss_effect": None,
         "ablation": None,
+        "activation_quantiles": [],
+        "neighbours": None,
     }
 
 
@@ -167,8 +218,9 @@ def read_inspection(path: str | Path) -> dict[str, Any]:
     if path.is_dir():
         path = path / INSPECTION_FILE
     results = json.loads(path.read_text())
-    if results.get("schema_version") != SCHEMA_VERSION:
+    if results.get("schema_version") not in READABLE_SCHEMAS:
         raise ConfigError(
-            f"{path}: schema_version {results.get('schema_version')!r}, this interp-sae reads {SCHEMA_VERSION}"
+            f"{path}: schema_version {results.get('schema_version')!r}, this interp-sae reads {READABLE_SCHEMAS}: "
+            "upgrade interp-sae, or inspect the dictionary again"
         )
     return results

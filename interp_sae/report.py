@@ -1,146 +1,210 @@
-"""A static, self-contained HTML report of an inspection: one file, inline CSS and JS, no network.
+"""A static HTML report of an inspection: an index page and one small page per feature, no network.
 
-The inspection JSON is embedded in the page and rendered by a small script: a searchable feature
-list (by feature number, or by text of its top contexts and logit tokens) and, per feature, its
-statistics, histogram, top contexts with each token shaded by the feature's activation (orange
-positive, blue negative; the activating token outlined), logit effects and ablation results.
-Open ``report.html#feature=12`` to land on feature 12.
+- ``report.html``: the feature list (number, frequency, max activation, loss effect, top tokens),
+  searchable by feature number or by top token / promoted logit token, sortable by clicking a
+  column header, shown beside the selected feature's page. Only the list's summary is embedded,
+  and only the first rows that match are drawn, so it opens quickly however wide the dictionary.
+  The state lives in the address: ``report.html#feature=12&q=dog&sort=-max``.
+- ``features/<j>.html``: everything about feature j, rendered by interp_sae.browser (the
+  notebook views are the same code); neighbours link to their pages.
 """
 
 from __future__ import annotations
 
 import html
 import json
+import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
-from interp_sae.atomic import write_text_atomic
+from interp_sae.atomic import fsync_folder, write_text_atomic
+from interp_sae.browser import CSS, feature_html, top_tokens
 
 REPORT_FILE = "report.html"
+FEATURES_FOLDER = "features"
+_SHOWN_ROWS = 500  # rows of the list drawn at once; "more" draws the next ones
 
-_CSS = """
-body{font:14px/1.4 system-ui,sans-serif;margin:0;display:flex;height:100vh;color:#222}
-#side{width:260px;border-right:1px solid #ccc;display:flex;flex-direction:column}
+_INDEX_CSS = """
+body{margin:0;display:flex;height:100vh}
+#side{width:520px;border-right:1px solid #ccc;display:flex;flex-direction:column}
 #search{margin:8px;padding:6px;font-size:14px}
-#list{overflow-y:auto;flex:1;margin:0;padding:0;list-style:none}
-#list li{padding:3px 10px;cursor:pointer;white-space:nowrap;overflow:hidden;text-overflow:ellipsis}
-#list li:hover{background:#eef}#list li.sel{background:#dde}
-#list .freq{color:#888;font-size:12px}
-#main{flex:1;overflow-y:auto;padding:12px 20px}
-h1{font-size:18px;margin:4px 0}h2{font-size:15px;margin:16px 0 6px}
-.meta{color:#555;font-size:13px}
-table{border-collapse:collapse;font-size:13px}td,th{padding:2px 8px;border-bottom:1px solid #eee;text-align:left}
-.ctx{font-family:ui-monospace,monospace;white-space:pre-wrap;margin:3px 0;padding:3px;border-bottom:1px solid #f0f0f0}
-.ctx span.t{border-radius:2px}.ctx span.c{outline:2px solid #c00}
-.score{color:#888;font-size:12px;display:inline-block;width:80px}
-.cols{display:flex;gap:30px;flex-wrap:wrap}
-svg .bar{fill:#e8862a}svg text{font-size:10px;fill:#555}
+#list-wrap{overflow-y:auto;flex:1}
+#list{width:100%}#list th{cursor:pointer;position:sticky;top:0;background:#fff;user-select:none}
+#list th.sorted::after{content:attr(data-arrow)}
+#list tbody tr{cursor:pointer}#list tbody tr:hover{background:#eef}#list tbody tr.sel{background:#dde}
+#list td.tok{max-width:190px;overflow:hidden;text-overflow:ellipsis;white-space:nowrap;font-family:ui-monospace,monospace}
+#more{margin:6px 8px}
+#main-wrap{flex:1;display:flex;flex-direction:column}
+#head{padding:8px 20px;border-bottom:1px solid #ccc}
+#page{flex:1;border:0;width:100%}
 """
 
-_JS = r"""
-const data = JSON.parse(document.getElementById('inspection').textContent);
-const list = document.getElementById('list'), main = document.getElementById('main');
-const esc = s => String(s).replace(/[&<>"]/g, c => ({'&':'&amp;','<':'&lt;','>':'&gt;','"':'&quot;'}[c]));
-const fmt = v => v === null || v === undefined ? '–' : (Math.abs(v) >= 1e4 || (v !== 0 && Math.abs(v) < 1e-3) ? v.toExponential(2) : (+v).toPrecision(4));
+_INDEX_JS = r"""
+const rows = JSON.parse(document.getElementById('summary').textContent);  // [j, freq, max, loss, tokens, haystack]
+const COLUMNS = {feature: 0, frequency: 1, max: 2, loss_effect: 3};
+const body = document.querySelector('#list tbody'), search = document.getElementById('search');
+const page = document.getElementById('page'), more = document.getElementById('more');
+const fmt = v => v === null ? '–' : (Math.abs(v) >= 1e4 || (v !== 0 && Math.abs(v) < 1e-3) ? v.toExponential(2) : (+v).toPrecision(4));
 const pct = v => (100 * v).toFixed(100 * v >= 10 ? 0 : 100 * v >= 1 ? 1 : 2) + '%';
-const shade = (a, m) => {
-  if (a === null || !m) return '';
-  const x = Math.min(1, Math.abs(a) / m);
-  return a >= 0 ? `background:rgba(232,134,42,${x})` : `background:rgba(40,110,230,${x})`;
+const esc = s => String(s).replace(/[&<>"]/g, c => ({'&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;'}[c]));
+let state = {feature: null, q: '', sort: '-frequency'}, shown = 0, matching = [];
+
+function readHash() {
+  const p = new URLSearchParams(location.hash.slice(1));
+  state = {feature: p.has('feature') ? +p.get('feature') : state.feature, q: p.get('q') || '', sort: p.get('sort') || '-frequency'};
+}
+function writeHash() {
+  const p = new URLSearchParams();
+  if (state.feature !== null) p.set('feature', state.feature);
+  if (state.q) p.set('q', state.q);
+  p.set('sort', state.sort);
+  history.replaceState(null, '', '#' + p.toString());
+}
+function matches(row, q) {
+  if (!q) return true;
+  const number = q.replace(/^#/, '');
+  return /^\d+$/.test(number) ? String(row[0]) === number : row[5].includes(q);
+}
+function order() {
+  const desc = state.sort.startsWith('-'), col = COLUMNS[state.sort.replace('-', '')];
+  const key = r => r[col] === null ? -Infinity : r[col];
+  matching = rows.filter(r => matches(r, state.q.toLowerCase()));
+  matching.sort((a, b) => (desc ? key(b) - key(a) : key(a) - key(b)) || a[0] - b[0]);
+  for (const th of document.querySelectorAll('#list th[data-sort]')) {
+    const on = th.dataset.sort === state.sort.replace('-', '');
+    th.classList.toggle('sorted', on);
+    th.dataset.arrow = on ? (desc ? ' ▼' : ' ▲') : '';
+  }
+  body.innerHTML = ''; shown = 0; drawMore();
+}
+function drawMore() {
+  const next = matching.slice(shown, shown + __SHOWN_ROWS__);
+  body.insertAdjacentHTML('beforeend', next.map(r => `<tr data-f="${r[0]}"${r[0] === state.feature ? ' class="sel"' : ''}><td>#${r[0]}</td><td>${pct(r[1])}</td><td>${fmt(r[2])}</td><td>${fmt(r[3])}</td><td class="tok" title="${esc(r[4])}">${esc(r[4])}</td></tr>`).join(''));
+  shown += next.length;
+  more.hidden = shown >= matching.length;
+  more.textContent = `show ${Math.min(__SHOWN_ROWS__, matching.length - shown)} more of ${matching.length - shown}`;
+  document.getElementById('count').textContent = `${matching.length} of ${rows.length} features`;
+}
+function select(j, load = true) {
+  state.feature = j; writeHash();
+  for (const tr of body.children) tr.classList.toggle('sel', +tr.dataset.f === j);
+  if (load) page.src = `__FEATURES__/${j}.html`;
+}
+search.oninput = () => { state.q = search.value.trim(); writeHash(); order(); };
+document.querySelector('#list thead').onclick = e => {
+  const th = e.target.closest('th[data-sort]');
+  if (!th) return;
+  const name = th.dataset.sort;
+  state.sort = state.sort === '-' + name ? name : '-' + name;  // first click: largest first; again: flip
+  writeHash(); order();
 };
-function tokensHtml(tokens, values, center, scale) {
-  return tokens.map((t, i) => `<span class="t${i === center ? ' c' : ''}" style="${shade(values[i], scale)}" title="${esc(fmt(values[i]))}">${esc(t)}</span>`).join('');
-}
-function histogram(f) {
-  const counts = f.histogram, edges = data.histogram_edges;
-  let lo = counts.findIndex(c => c > 0), hi = counts.length - 1 - [...counts].reverse().findIndex(c => c > 0);
-  if (lo < 0) return '<p class="meta">never fires</p>';
-  const peak = Math.max(...counts), w = 14, h = 80, n = hi - lo + 1;
-  let bars = '';
-  for (let i = lo; i <= hi; i++) {
-    const bh = Math.round(h * counts[i] / peak), x = (i - lo) * w;
-    const range = `[${i ? fmt(edges[i - 1]) : '-∞'}, ${i < edges.length ? fmt(edges[i]) : '∞'})`;
-    bars += `<rect class="bar" x="${x}" y="${h - bh}" width="${w - 2}" height="${bh}"><title>${range}: ${counts[i]}</title></rect>`;
-  }
-  const left = lo ? fmt(edges[lo - 1]) : '-∞', right = hi < edges.length ? fmt(edges[hi]) : '∞';
-  return `<svg width="${Math.max(n * w, 120)}" height="${h + 14}">${bars}<text x="0" y="${h + 12}">${left}</text><text x="${Math.max(n * w, 120)}" y="${h + 12}" text-anchor="end">${right}</text></svg>`;
-}
-function logits(f) {
-  if (!f.logits) return '<p class="meta">not computed (no model given)</p>';
-  const rows = (xs) => xs.map(x => `<tr><td><code>${esc(JSON.stringify(x.token))}</code></td><td>${fmt(x.logit)}</td></tr>`).join('');
-  return `<div class="cols"><table><tr><th>promoted</th><th>logit</th></tr>${rows(f.logits.promoted)}</table>` +
-         `<table><tr><th>suppressed</th><th>logit</th></tr>${rows(f.logits.suppressed)}</table></div>`;
-}
-function ablation(f) {
-  const a = f.ablation;
-  if (!a) return '<p class="meta">not computed (inspect with --ablate ' + f.feature + ')</p>';
-  let out = `<p class="meta">${a.mode}-ablation, error term ${a.with_error ? 'on' : 'off'}; mean Δ loss per token ${fmt(a.mean_delta_loss)} (tokens shaded by their Δ loss: orange up, blue down)</p>`;
-  for (const s of a.sequences) {
-    const delta = s.tokens.map(() => null);
-    for (const p of s.predictions) delta[p.position + 1] = p.delta_loss;
-    const scale = Math.max(1e-9, ...delta.map(v => Math.abs(v || 0)));
-    out += `<div class="ctx">${tokensHtml(s.tokens, delta, -1, scale)}</div>`;
-    const moved = s.most_moved.slice(0, 3).map(m => `<tr><td>${esc(JSON.stringify(m.token))} → ${esc(JSON.stringify(m.next_token))}</td><td>KL ${fmt(m.kl)}</td><td>rose: ${m.rose.slice(0, 3).map(r => esc(JSON.stringify(r.token))).join(' ')}</td><td>fell: ${m.fell.slice(0, 3).map(r => esc(JSON.stringify(r.token))).join(' ')}</td></tr>`).join('');
-    out += `<table>${moved}</table>`;
-  }
-  return out;
-}
-function show(j) {
-  const f = data.features[j];
-  for (const li of list.children) li.classList.toggle('sel', +li.dataset.f === j);
-  const scale = Math.max(...f.top_examples.flatMap(e => e.activations.map(v => Math.abs(v || 0))), 0);
-  const ctx = f.top_examples.map(e => `<div class="ctx"><span class="score">${fmt(e.activation)}</span>${tokensHtml(e.tokens, e.activations, e.center, scale)}</div>`).join('');
-  main.innerHTML = `<h1 id="feature-title">Feature ${j}</h1>
-    <p class="meta">fires on ${pct(f.frequency)} of tokens (${f.fire_count}) · mean ${fmt(f.mean)} · mean when firing ${fmt(f.mean_when_firing)} · max ${fmt(f.max)} · min ${fmt(f.min)}</p>
-    <h2>Activation histogram (firing tokens)</h2>${histogram(f)}
-    <h2>Top contexts (ranked by ${esc(data.config.rank_by)})</h2><div id="contexts">${ctx || '<p class="meta">no firing token</p>'}</div>
-    <h2>Logit effects</h2>${logits(f)}
-    <h2>Ablation on its top contexts</h2>${ablation(f)}`;
-  history.replaceState(null, '', '#feature=' + j);
-}
-const haystack = f => (f.top_examples.map(e => e.text).join(' ') + ' ' +
-  (f.logits ? f.logits.promoted.map(x => x.token).join(' ') : '')).toLowerCase();
-const hay = data.features.map(haystack);
-list.innerHTML = data.features.map(f => `<li data-f="${f.feature}">#${f.feature} <span class="freq">${pct(f.frequency)}</span> ${esc((f.top_examples[0] || {tokens: []}).tokens[(f.top_examples[0] || {}).center] || '')}</li>`).join('');
-list.onclick = e => { const li = e.target.closest('li'); if (li) show(+li.dataset.f); };
-document.getElementById('search').oninput = e => {
-  const q = e.target.value.trim().toLowerCase();
-  for (const li of list.children) {
-    const j = +li.dataset.f;
-    li.style.display = !q || String(j) === q.replace('#', '') || hay[j].includes(q) ? '' : 'none';
-  }
-};
-const asked = /feature=(\d+)/.exec(location.hash);
-const first = data.features.findIndex(f => f.top_examples.length);
-if (data.features.length) show(asked && +asked[1] < data.features.length ? +asked[1] : Math.max(first, 0));
+body.onclick = e => { const tr = e.target.closest('tr'); if (tr) select(+tr.dataset.f); };
+more.onclick = drawMore;
+window.addEventListener('message', e => { if (e.data && Number.isInteger(e.data.feature)) select(e.data.feature, false); });
+readHash();
+search.value = state.q;
+order();
+const firing = rows.find(r => r[1] > 0);
+if (state.feature === null && rows.length) state.feature = (firing || rows[0])[0];
+if (state.feature !== null) select(state.feature);
+"""
+
+_FEATURE_JS = """
+if (window.parent !== window) window.parent.postMessage({feature: __FEATURE__}, '*');  // keep the list in step
 """
 
 
-def render_report(results: dict[str, Any]) -> str:
-    """The report page for an inspection (see module docstring)."""
-    payload = json.dumps(results, ensure_ascii=False).replace("<", "\\u003c")  # so no text can close the script
+def _summary_row(feature: dict) -> list[Any]:
+    tokens = top_tokens(feature)
+    promoted = [x["token"] for x in (feature.get("logits") or {}).get("promoted", [])]
+    haystack = " ".join(tokens + promoted).lower()
+    return [
+        feature["feature"],
+        feature["frequency"],
+        feature["max"],
+        feature.get("loss_effect"),
+        " · ".join(tokens),
+        haystack,
+    ]
+
+
+def _json_for_script(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False).replace("<", "\\u003c")  # so no text can close the script
+
+
+def _summary_line(results: dict[str, Any]) -> str:
     down = results.get("downstream")
-    summary = (
-        f"loss clean {down['clean_loss']:.4f}, spliced {down['spliced_loss']:.4f}, zero-ablated "
-        f"{down['zero_ablated_loss']:.4f}; fraction of loss recovered {down['fraction_recovered']:.3f} "
-        f"({down['predictions']} predictions, split {down['split']})"
-        if down and down.get("fraction_recovered") is not None
-        else "loss recovered: not computed (no model given)"
+    if down and down.get("fraction_recovered") is not None:
+        return (
+            f"loss clean {down['clean_loss']:.4f}, spliced {down['spliced_loss']:.4f}, zero-ablated "
+            f"{down['zero_ablated_loss']:.4f}; fraction of loss recovered {down['fraction_recovered']:.3f} "
+            f"({down['predictions']} predictions, split {down['split']})"
+        )
+    return "loss recovered: not computed (no model given)"
+
+
+def _title(results: dict[str, Any]) -> str:
+    return f"{results['architecture']} · {results['hook']} · {results['n_features']} features"
+
+
+def render_index(results: dict[str, Any]) -> str:
+    """The report's index page (see module docstring)."""
+    title = html.escape(_title(results))
+    columns = "".join(
+        f'<th data-sort="{key}">{label}</th>'
+        for key, label in (("feature", "#"), ("frequency", "freq"), ("max", "max"), ("loss_effect", "loss effect"))
     )
-    title = f"{results['architecture']} · {results['hook']} · {results['n_features']} features"
+    script = _INDEX_JS.replace("__SHOWN_ROWS__", str(_SHOWN_ROWS)).replace("__FEATURES__", FEATURES_FOLDER)
     return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title><style>{_CSS}</style></head>
-<body><div id="side"><input id="search" placeholder="search features: number or text"><ul id="list"></ul></div>
-<div id="main-wrap" style="flex:1;display:flex;flex-direction:column;overflow:hidden">
-<div style="padding:8px 20px;border-bottom:1px solid #ccc"><b>{html.escape(title)}</b>
-<span class="meta"> · {results["tokens"]:,} tokens of {html.escape(str(results["store"]))} · {html.escape(summary)}</span></div>
-<div id="main"></div></div>
-<script type="application/json" id="inspection">{payload}</script>
-<script>{_JS}</script>
+<html lang="en"><head><meta charset="utf-8"><title>{title}</title><style>{CSS}{_INDEX_CSS}</style></head>
+<body class="isae"><div id="side"><input id="search" placeholder="search: feature number, or a top or promoted token">
+<div class="meta" style="margin:0 8px" id="count"></div>
+<div id="list-wrap"><table id="list"><thead><tr>{columns}<th>top tokens</th></tr></thead><tbody></tbody></table>
+<button id="more" hidden></button></div></div>
+<div id="main-wrap"><div id="head"><b>{title}</b>
+<span class="meta"> · {results["tokens"]:,} tokens of {html.escape(str(results["store"]))} ·
+{html.escape(_summary_line(results))}. Loss effect: estimated Δ loss per token if the feature is zero-ablated.</span></div>
+<iframe id="page" title="feature"></iframe></div>
+<script type="application/json" id="summary">{_json_for_script([_summary_row(f) for f in results["features"]])}</script>
+<script>{script}</script>
 </body></html>
 """
 
 
+def render_feature_page(results: dict[str, Any], j: int) -> str:
+    """The page of feature `j`: its browser view, with links to its neighbours, the list and j ± 1."""
+    last = results["n_features"] - 1
+    nav = " · ".join(
+        [f'<a href="../{REPORT_FILE}#feature={j}" target="_top">feature list</a>']
+        + ([f'<a href="{j - 1}.html">← #{j - 1}</a>'] if j > 0 else [])
+        + ([f'<a href="{j + 1}.html">#{j + 1} →</a>'] if j < last else [])
+    )
+    view = feature_html(results, j, link=lambda k: f"{k}.html")
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>Feature {j} · {html.escape(_title(results))}</title>
+<style>{CSS}body{{margin:12px 20px}}</style></head>
+<body class="isae"><p class="meta">{nav}</p>{view}<script>{_FEATURE_JS.replace("__FEATURE__", str(j))}</script></body></html>
+"""
+
+
 def write_report(results: dict[str, Any], out_dir: str | Path) -> Path:
-    """Write `out_dir/report.html` atomically; returns its path."""
-    return write_text_atomic(Path(out_dir) / REPORT_FILE, render_report(results))
+    """Write `out_dir/features/<j>.html` and then `out_dir/report.html`; returns the index.
+
+    The pages go to a fresh folder that replaces the old one whole (one fsync, not one per page:
+    a wide dictionary has tens of thousands), so a reader never sees a mix of two reports."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fresh = Path(tempfile.mkdtemp(dir=out_dir, prefix=f".{FEATURES_FOLDER}.", suffix=".tmp"))
+    for j in range(results["n_features"]):
+        (fresh / f"{j}.html").write_text(render_feature_page(results, j), encoding="utf-8")
+    os.sync()
+    pages, stale = out_dir / FEATURES_FOLDER, out_dir / f".{FEATURES_FOLDER}.old"
+    shutil.rmtree(stale, ignore_errors=True)
+    if pages.exists():
+        pages.rename(stale)
+    fresh.rename(pages)
+    fsync_folder(out_dir)
+    shutil.rmtree(stale, ignore_errors=True)
+    return write_text_atomic(out_dir / REPORT_FILE, render_index(results))
