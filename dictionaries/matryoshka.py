@@ -64,12 +64,13 @@ class Matryoshka(BatchTopK):
     def prefix_reconstructions(self, f: torch.Tensor) -> list[torch.Tensor]:
         """x̂_m for every prefix m (normalised units) from a code `f` [B, κ], each decoded from f's
         first m latents plus b_dec; the last is the full decode. Costs one full decode in all."""
-        weight, partial, start = self.decoder.weight, self.decoder.bias.expand(f.shape[0], -1), 0
-        reconstructions = []
-        for end in self.config.prefixes:
-            partial = partial + f[:, start:end] @ weight[:, start:end].T
+        widths = [end - start for start, end in zip([0, *self.config.prefixes], self.config.prefixes)]
+        # torch.split, not slicing: its backward concatenates the groups' gradients into one [B, κ]
+        # tensor, where each slice's backward would allocate and add a zero-filled one.
+        partial, reconstructions = self.decoder.bias, []
+        for group, weight in zip(f.split(widths, dim=1), self.decoder.weight.split(widths, dim=1)):
+            partial = partial + group @ weight.T
             reconstructions.append(partial)
-            start = end
         return reconstructions
 
     def _loss(self, xn: torch.Tensor, generator: torch.Generator | None) -> LossTerms:

@@ -10,7 +10,7 @@ import typer
 import dictionaries as D
 from activation_cache import corpus, models
 from activation_cache.harvest import HarvestConfig
-from interp_sae import cli_inspect, cli_share
+from interp_sae import cli_inspect, cli_intervene, cli_share
 from interp_sae.cli_common import boundary
 from interp_sae.pipeline import PipelineConfig
 from interp_sae.train_from_store import DEFAULT_ARCHITECTURES, DEFAULT_LATENTS, DataConfig
@@ -283,6 +283,7 @@ def demo(
 
 cli_share.register(app)
 cli_inspect.register(app)
+cli_intervene.register(app)
 
 if __name__ == "__main__":
     app()
