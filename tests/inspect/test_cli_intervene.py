@@ -107,3 +107,9 @@ def test_features_and_steer_on_smollm2(tmp_path, monkeypatch):
     saved = json.loads((tmp_path / "s.json").read_text())
     assert saved["steered"] == saved["plain"] and 1 <= len(saved["plain"]["ids"]) <= 2
     assert "steered:" in result.output
+
+    result = run("steer", folder, "-f", 16, "-s", 1, "--prompt", "Hi", "--device", "cpu")
+    assert result.exit_code == 2 and "features [16] do not exist: the dictionary has features 0 … 15" in result.output
+    deep = recorded(tmp_path, "blocks.40.hook_resid_post", "builtin:smollm2", d=576, name="deep")  # SmolLM2: 30 blocks
+    result = run("features", deep, "--text", text, "--device", "cpu")
+    assert result.exit_code == 2 and "has no hook 'blocks.40.hook_resid_post'" in result.output
