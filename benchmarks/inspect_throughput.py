@@ -5,8 +5,8 @@
 A store is harvested first (random Pythia-70m-shaped model, blocks.3.hook_resid_post, d = 512),
 then the split's vectors are put on the device in batches and timed twice:
 (a) bare encode: `dictionary.encode` on every batch;
-(b) inspect pass: encode + firing + rank scores + the running statistics, histogram and top-k merge
-    (`interp_sae.inspect_stats`), on the same batches.
+(b) inspect pass: encode + firing + rank scores + the running statistics, histogram, top-k merge
+    and the activation-quantile sample (`interp_sae.inspect_stats`), on the same batches.
 Target b/a >= 0.8. For variational dictionaries (b) also computes log σ² (a second encoder pass,
 through the public interface) and its 2-means split to decide which features fire.
 Then, for information, the end-to-end pass `feature_statistics` including reading shards from disk.
@@ -37,6 +37,7 @@ from interp_sae.inspect_stats import (
     resolve_rank_by,
     split_batches,
 )
+from interp_sae.inspector import InspectConfig
 from interp_sae.runtime import resolve_device
 
 HOOK = "blocks.3.hook_resid_post"
@@ -62,6 +63,9 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=32768)
     parser.add_argument("--batch-size", type=int, default=4096)
     parser.add_argument("--top-k", type=int, default=20)
+    parser.add_argument(
+        "--sample-k", type=int, default=3 * InspectConfig().quantile_examples, help="quantile sample per feature"
+    )
     parser.add_argument("--rank-by", default=None)
     parser.add_argument("--repeats", type=int, default=3, help="timed repetitions; the best of each is kept")
     parser.add_argument("--device", default="auto")
@@ -100,7 +104,9 @@ def main() -> None:
                 dictionary.encode(x)
 
         def inspect_pass() -> None:
-            acc = FeatureAccumulator(args.latents, args.top_k, rank_by, device, dictionary.rank_scores)
+            acc = FeatureAccumulator(
+                args.latents, args.top_k, rank_by, device, dictionary.rank_scores, sample_k=args.sample_k
+            )
             for x, indices in batches:
                 features, fires, auxiliary = dictionary.inspection_batch(x)
                 acc.update(features, fires, indices, auxiliary)
@@ -111,7 +117,14 @@ def main() -> None:
         end_to_end_s = timed(
             device,
             lambda: feature_statistics(
-                store, dictionary, HOOK, side="all", top_k=args.top_k, rank_by=rank_by, batch_size=args.batch_size
+                store,
+                dictionary,
+                HOOK,
+                side="all",
+                top_k=args.top_k,
+                rank_by=rank_by,
+                batch_size=args.batch_size,
+                sample_k=args.sample_k,
             ),
         )
     bare_rate, pass_rate, end_to_end = tokens / bare_s, tokens / pass_s, tokens / end_to_end_s

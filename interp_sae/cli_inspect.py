@@ -58,6 +58,9 @@ def inspect(
     neighbours: int = typer.Option(
         _INSPECT.neighbours, help="Neighbours per feature, by decoder cosine and by co-firing (0: none)."
     ),
+    cofiring_tokens: int = typer.Option(
+        _INSPECT.cofiring_tokens, help="Vectors of the inspected split over which co-firing is counted."
+    ),
     batch_size: int = typer.Option(_INSPECT.batch_size, help="Vectors per batch of the statistics pass."),
     device: str = typer.Option("auto", help="auto (cuda when present), cpu, cuda, ..."),
     allow_other_store: bool = typer.Option(False, "--allow-other-store", help=ALLOW_OTHER_STORE_HELP),
@@ -90,6 +93,7 @@ def inspect(
             loss_rows=loss_rows,
             quantile_examples=quantile_examples,
             neighbours=neighbours,
+            cofiring_tokens=cofiring_tokens,
             ablate=list(ablate),
             ablation_mode=ablation_mode,
         )
