@@ -8,6 +8,7 @@ from .hooks import HookError
 from .models import BUILTIN_SMOLLM2, LanguageModel, ModelLoadError, load_model
 from .reader import ActivationStats, ActivationStore, ShardIntegrityError, ShardTokens, Split, SplitChunk, TokenRecord
 from .store_format import FORMAT_VERSION, Manifest, StoreFormatError
+from .vector_codec import EncodedVectors
 
 __all__ = [
     "BUILTIN_PYDOC",
@@ -17,6 +18,7 @@ __all__ = [
     "ActivationStore",
     "CorpusError",
     "CorpusSpec",
+    "EncodedVectors",
     "HarvestConfig",
     "HarvestError",
     "HookError",

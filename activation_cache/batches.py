@@ -10,10 +10,11 @@ batch ``k`` without reading the activations of the windows it skips.
 
 The data path, in as few copies as the hardware allows: a reader thread gathers one hook's
 selected vectors straight from the memory-mapped shards into one window buffer in the store
-dtype (bf16: half of float32's bytes), while the trainer consumes the window before it. On CUDA
-the buffer is pinned and copied to the GPU on a stream of its own, ``prefetch`` windows ahead,
-so the copy overlaps the training step; each batch is then a gather from the window on the
-device and is widened to float32 there.
+dtype (bf16: half of float32's bytes; float8_e4m3: a quarter, plus one float32 scale per
+vector), while the trainer consumes the window before it. On CUDA the buffer is pinned and
+copied to the GPU on a stream of its own, ``prefetch`` windows ahead, so the copy overlaps the
+training step; each batch is then a gather from the window on the device and is widened
+(decoded, `EncodedVectors.decode`) to float32 there.
 
 This class implements the trainer's ``BatchSource`` protocol (``d``, ``num_batches``,
 ``batches``).
@@ -36,13 +37,14 @@ from interp_sae.errors import ConfigError
 from interp_sae.runtime import resolve_device
 
 from .reader import ActivationStore, Split
+from .vector_codec import EncodedVectors, gatherable
 
-_Buffers = list[torch.Tensor | None]
+_Buffers = list[EncodedVectors | None]
 
 
 @dataclass
 class _Window:
-    vectors: torch.Tensor  # [n, d] store dtype, on the batch device
+    vectors: EncodedVectors  # [n, d] as stored (with scales in a scaled store), on the batch device
     order: torch.Tensor  # int64 [n] permutation, on the batch device
 
 
@@ -69,7 +71,7 @@ class ShuffledBatches:
         self.seed = seed
         self.device = resolve_device(device)
         self.prefetch = prefetch if prefetch is not None else (2 if self.device.type == "cuda" else 1)
-        shard_bytes = store.manifest.shard_rows * store.context_length * self.d * store.dtype.itemsize
+        shard_bytes = store.manifest.shard_rows * store.context_length * store.vector_bytes(hook)
         self.window_shards = max(1, window_bytes // max(1, shard_bytes))
         # One buffer per window in flight (the one being consumed and those read ahead), reused from
         # window to window and epoch to epoch: a fresh gigabyte costs a page fault per 4 KiB, and a
@@ -102,13 +104,15 @@ class ShuffledBatches:
         order = rng.permutation(self.store.num_shards).tolist()
         return [order[i : i + self.window_shards] for i in range(0, len(order), self.window_shards)]
 
-    def _buffer(self, buffers: _Buffers, slot: int, size: int) -> torch.Tensor:
+    def _buffer(self, buffers: _Buffers, slot: int, size: int) -> EncodedVectors:
         """buffers[slot], grown to hold at least `size` vectors (pinned on CUDA)."""
         buffer = buffers[slot]
         if buffer is None or len(buffer) < size:
-            buffer = torch.empty((size, self.d), dtype=self.store.dtype, pin_memory=self.device.type == "cuda")
-            buffers[slot] = buffer
-        return buffer[:size]
+            pin = self.device.type == "cuda"
+            values = torch.empty((size, self.d), dtype=self.store.dtype, pin_memory=pin)
+            scale = torch.empty(size, dtype=torch.float32, pin_memory=pin) if self.store.scaled else None
+            buffer = buffers[slot] = EncodedVectors(values, scale)
+        return buffer.head(size)
 
     def _load_window(self, epoch: int, number: int, shards: list[int], buffers: _Buffers, slot: int) -> _Window:
         """Gather the window's selected vectors from the memory maps into buffers[slot] and draw
@@ -119,7 +123,10 @@ class ShuffledBatches:
         at = 0
         for shard in shards:
             local = self._selection(shard)
-            torch.index_select(self.store.vectors(shard, self.hook), 0, local, out=buffer[at : at + len(local)])
+            stored = self.store.encoded(shard, self.hook)
+            torch.index_select(gatherable(stored.values), 0, local, out=gatherable(buffer.values[at : at + len(local)]))
+            if stored.scale is not None and buffer.scale is not None:
+                torch.index_select(stored.scale, 0, local, out=buffer.scale[at : at + len(local)])
             at += len(local)
         seed = int(np.random.default_rng([self.seed, epoch, number]).integers(2**62))
         order = torch.randperm(size, generator=torch.Generator().manual_seed(seed))
@@ -152,7 +159,7 @@ class ShuffledBatches:
     def _batches_from(
         self, epoch: int, pending: list[tuple[int, list[int]]], skip: int, buffers: _Buffers
     ) -> Iterator[torch.Tensor]:
-        parts: list[torch.Tensor] = []  # the start of a batch that spans two windows
+        parts: list[EncodedVectors] = []  # the start of a batch that spans two windows
         have = 0
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="window-reader") as pool:
             ahead: deque[Future[_Window]] = deque()
@@ -164,12 +171,12 @@ class ShuffledBatches:
                     ahead.append(pool.submit(self._load_window, epoch, *pending[j], buffers, j % len(buffers)))
                 window = ahead.popleft().result()
                 if self.device.type == "cuda":  # uploaded on the reader's stream, used on the trainer's
-                    for tensor in (window.vectors, window.order):
+                    for tensor in (*window.vectors.tensors(), window.order):
                         tensor.record_stream(torch.cuda.current_stream(self.device))
                 position, skip = skip, 0
                 while position < len(window.order):
                     take = min(self.batch_size - have, len(window.order) - position)
-                    parts.append(window.vectors.index_select(0, window.order[position : position + take]))
+                    parts.append(window.vectors.select(window.order[position : position + take]))
                     position, have = position + take, have + take
                     if have == self.batch_size:
                         yield self._widen(parts)
@@ -177,6 +184,5 @@ class ShuffledBatches:
         if parts:
             yield self._widen(parts)
 
-    def _widen(self, parts: list[torch.Tensor]) -> torch.Tensor:
-        batch = parts[0] if len(parts) == 1 else torch.cat(parts)
-        return batch.to(self.device).float()
+    def _widen(self, parts: list[EncodedVectors]) -> torch.Tensor:
+        return EncodedVectors.cat(parts).to(self.device).decode()

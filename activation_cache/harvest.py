@@ -37,6 +37,7 @@ from .reader import ActivationStore
 from .store_format import (
     DOC_IDS,
     DOC_POSITIONS,
+    FORMAT_VERSION,
     MANIFEST_NAME,
     SHARD_DIR,
     STORE_DTYPES,
@@ -50,6 +51,7 @@ from .store_format import (
     shard_file_name,
     write_manifest,
 )
+from .vector_codec import STORED_AS, encode, scale_name
 from .writer import ShardWriter, write_shard_file
 
 
@@ -60,7 +62,9 @@ class HarvestConfig:
     ``store_dtype`` defaults to bfloat16: half the disk of float32, and float32's exponent
     range, so large residual-stream norms (which overflow float16 past 65504) stay finite.
     Its ~3 significant digits add an error (relative ~0.4% per element, an FVU floor near
-    1e-5) far below any dictionary's reconstruction error.
+    1e-5) far below any dictionary's reconstruction error. ``float8_e4m3`` halves the disk again
+    (one byte an element plus a float32 scale per vector, `vector_codec`) for a relative error near
+    1e-3; every store records its error per hook in the manifest (``totals.reconstruction_error``).
     """
 
     out: str
@@ -231,6 +235,7 @@ def _harvest_stream(
             manifest.shards.pop()
         manifest.target_tokens = config.tokens
         manifest.complete, manifest.stop_reason = False, None
+        manifest.format_version = FORMAT_VERSION  # the shards it adds carry this version's fields
         write_manifest(out, manifest, name)
     _remove_unlisted_shards(out, manifest, cluster)
     _run(config, model, manifest, out, hooks, stop, progress, cluster)
@@ -288,7 +293,7 @@ def _repair(
     store = ActivationStore(out)
     damaged = [i for i in range(len(manifest.shards)) if store.shard_problem(i) is not None]
     _report(progress, f"{out}: {len(damaged)} damaged shard(s) to re-harvest: {damaged}")
-    store_dtype = torch_dtype(manifest.dtype)
+    store_dtype = STORED_AS[manifest.dtype]
     for index in damaged:
         record = manifest.shards[index]
         block = next(
@@ -309,8 +314,18 @@ def _repair(
             desc=f"repair shard {index}",
             disable=not progress,
         )
+        record.reconstruction = {}
         tensors, record.nonfinite_positions = _compute_shard(
-            model, block, hooks, stop, config.batch_size, store_dtype, record.first_row, bar, config.on_nonfinite
+            model,
+            block,
+            hooks,
+            stop,
+            config.batch_size,
+            store_dtype,
+            record.first_row,
+            bar,
+            config.on_nonfinite,
+            reconstruction=record.reconstruction,
         )
         bar.close()
         # Same device and dtype give the same bytes; another device may differ in low bits.
@@ -347,7 +362,7 @@ def _run(
 
     show_written(None)
     writer = ShardWriter(out, manifest, stream=cluster.rank, on_written=show_written)
-    store_dtype = torch_dtype(manifest.dtype)
+    store_dtype = STORED_AS[manifest.dtype]
     exhausted = False
     try:
         produced = manifest.rows
@@ -357,6 +372,7 @@ def _run(
             if block is None:
                 exhausted = True
                 break
+            reconstruction: dict[str, list[float]] = {}
             tensors, skipped = _compute_shard(
                 model,
                 block,
@@ -367,6 +383,7 @@ def _run(
                 first_row=produced,
                 bar=bar,
                 on_nonfinite=config.on_nonfinite,
+                reconstruction=reconstruction,
             )
             writer.submit(
                 tensors,
@@ -374,6 +391,7 @@ def _run(
                 valid_tokens=int((block.doc_ids >= 0).sum()),
                 end_state=block.end_state,
                 nonfinite_positions=skipped,
+                reconstruction=reconstruction,
             )
             produced += len(block.token_ids)
             if len(block.token_ids) < block_rows:
@@ -387,10 +405,14 @@ def _run(
     manifest.complete = True
     manifest.stop_reason = "corpus_exhausted" if exhausted else "budget"
     write_manifest(out, manifest, partial_manifest_name(cluster.rank, cluster.world_size))
+    errors = ", ".join(
+        f"{hook} {error:.2e}" for hook, error in manifest.reconstruction_error.items() if error is not None
+    )
     _report(
         progress,
         f"{out}: {manifest.tokens:,} tokens in {len(manifest.shards)} shards "
-        f"({manifest.bytes / 2**20:,.1f} MiB), {manifest.stop_reason}",
+        f"({manifest.bytes / 2**20:,.1f} MiB, {manifest.dtype}), {manifest.stop_reason}"
+        + (f"; relative error of the stored vectors: {errors}" if errors else ""),
     )
 
 
@@ -404,22 +426,30 @@ def _compute_shard(
     first_row: int,
     bar,
     on_nonfinite: str = "stop",
+    reconstruction: dict[str, list[float]] | None = None,
 ) -> tuple[dict[str, torch.Tensor], int]:
     """Run the block's rows through the model. Returns the shard's tensors and the number of
     positions skipped for non-finite activations (``on_nonfinite="skip"``: their vectors are
-    zeroed and their doc id set to -1, so no reader trains on them)."""
+    zeroed and their doc id set to -1, so no reader trains on them).
+
+    Vectors are encoded for the store on the model's device, so only the stored bytes (and
+    scales) cross to the CPU. When given, `reconstruction` is filled with each hook's
+    [Σ‖x − x̂‖², Σ‖x‖²] over the shard's document tokens (x in float32, x̂ the stored vector decoded)."""
     n_rows, ctx = block.token_ids.shape
     token_ids = torch.from_numpy(block.token_ids)
     doc_ids = torch.from_numpy(block.doc_ids)
     nonfinite = torch.zeros(n_rows * ctx, dtype=torch.bool)
     stored: dict[str, torch.Tensor] = {}
+    per_position: dict[str, torch.Tensor] = {}  # hook → [n, 2]: ‖x − x̂‖², ‖x‖² of each position
     for start in range(0, n_rows, batch_size):
         ids = token_ids[start : start + batch_size].to(model.device)
         span = slice(start * ctx, (start + len(ids)) * ctx)
         for h, a in _forward(model, ids, hooks, stop).items():
-            # Checked after the cast: a float16 store overflows where the model did not.
-            a = a.reshape(-1, a.shape[-1]).to(store_dtype).cpu()
-            bad = ~torch.isfinite(a).all(-1)
+            a = a.reshape(-1, a.shape[-1])
+            encoded = encode(a, store_dtype)
+            decoded = encoded.decode()
+            # Checked on what the store holds: a float16 store overflows where the model did not.
+            bad = ~torch.isfinite(decoded).all(-1)
             if bad.any():
                 row, pos = divmod(span.start + int(bad.nonzero()[0]), ctx)
                 if on_nonfinite == "stop":
@@ -430,12 +460,25 @@ def _compute_shard(
                         "such positions out and count them."
                     )
                 a = a.masked_fill(bad[:, None], 0)
-                nonfinite[span] |= bad
-            if h not in stored:
-                stored[h] = torch.empty((n_rows * ctx, a.shape[-1]), dtype=store_dtype)
-            stored[h][span] = a
+                encoded = encode(a, store_dtype)
+                decoded = encoded.decode()
+                nonfinite[span] |= bad.cpu()
+            if reconstruction is not None:
+                x = a.float()
+                sums = torch.stack(((x - decoded).pow(2).sum(-1), x.pow(2).sum(-1)), -1)
+                per_position.setdefault(h, torch.zeros((n_rows * ctx, 2)))[span] = sums.cpu()
+            for name, tensor in ((h, encoded.values), (scale_name(h), encoded.scale)):
+                if tensor is None:
+                    continue
+                if name not in stored:
+                    stored[name] = torch.empty((n_rows * ctx, *tensor.shape[1:]), dtype=tensor.dtype)
+                stored[name][span] = tensor.cpu()
         bar.update(len(ids) * ctx)
     doc_ids.view(-1)[nonfinite] = -1
+    if reconstruction is not None:
+        documents = doc_ids.view(-1) >= 0
+        for h, sums in per_position.items():
+            reconstruction[h] = sums[documents].double().sum(0).tolist()
     stored[TOKEN_IDS] = token_ids
     stored[DOC_IDS] = doc_ids
     stored[DOC_POSITIONS] = torch.from_numpy(block.doc_positions)

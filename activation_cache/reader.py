@@ -2,10 +2,12 @@
 
 * `Split`: the document-level held-out split (fraction and seed), and which positions each side
   of it holds (`Split.mask`). A dictionary records the split it was trained with.
-* `ActivationStore`: validation, per-shard access (`vectors`: zero-copy memory maps of one hook;
-  `tokens`: token/document ids), `iter_split` (every selected vector of a split, shard by shard,
-  with its global index), `rows` and `lookup` (tracing vectors back to their text), `verify`,
-  and streaming `statistics`. Shuffled training batches live in ``batches.py``.
+* `ActivationStore`: validation, per-shard access (`vectors`: zero-copy memory maps of one hook,
+  decoded to float32 in a ``float8_e4m3`` store; `encoded`: the stored values and scales as they
+  are, for a reader that decodes on its own device; `tokens`: token/document ids), `iter_split`
+  (every selected vector of a split, shard by shard, with its global index), `rows` and `lookup`
+  (tracing vectors back to their text), `verify`, and streaming `statistics`. Shuffled training
+  batches live in ``batches.py``.
 
 Every byte is checked before it is used: a tensor's xxh3 (format 2) or the shard's sha256
 (format 1) the first time this process reads it; `verify` checks every shard's sha256.
@@ -26,8 +28,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from interp_sae.runtime import torch_dtype
-
 from .store_format import (
     DOC_IDS,
     DOC_POSITIONS,
@@ -42,6 +42,7 @@ from .store_format import (
     safetensors_layout,
     tensor_checksum,
 )
+from .vector_codec import SCALE_SUFFIX, STORED_AS, EncodedVectors, is_scaled, scale_name
 
 SIDES = ("train", "validation", "all")
 _OPEN_MAPS = 256
@@ -113,7 +114,7 @@ class SplitChunk:
     """One shard's selected vectors, from `ActivationStore.iter_split`."""
 
     shard: int
-    vectors: torch.Tensor  # [n, d] in the store dtype
+    vectors: torch.Tensor  # [n, d] in the store dtype; float32 (decoded) in a float8_e4m3 store
     indices: torch.Tensor  # int64 [n] global vector indices
 
 
@@ -202,8 +203,17 @@ class ActivationStore:
 
     @property
     def dtype(self) -> torch.dtype:
-        """The dtype vectors are stored in."""
-        return torch_dtype(self.manifest.dtype)
+        """The element dtype vectors are stored in (torch.float8_e4m3fn for ``float8_e4m3``)."""
+        return STORED_AS[self.manifest.dtype]
+
+    @property
+    def scaled(self) -> bool:
+        """Whether each vector is stored with a scale of its own (``float8_e4m3``)."""
+        return is_scaled(self.dtype)
+
+    def vector_bytes(self, hook: str) -> int:
+        """Bytes one stored vector of `hook` takes, its scale included."""
+        return self.d(hook) * self.dtype.itemsize + (4 if self.scaled else 0)
 
     @property
     def num_shards(self) -> int:
@@ -233,9 +243,16 @@ class ActivationStore:
     # -- shard access ---------------------------------------------------------------
     def vectors(self, shard: int, hook: str) -> torch.Tensor:
         """[rows × ctx, d] vectors of `hook` in shard `shard`, in the store dtype: a read-only view
-        of the memory-mapped file (no copy; only the pages used are read), checked on first use."""
+        of the memory-mapped file (no copy; only the pages used are read), checked on first use.
+        In a ``float8_e4m3`` store: the whole shard decoded to float32 (a copy; `encoded` avoids it)."""
+        return self.encoded(shard, hook).readable()
+
+    def encoded(self, shard: int, hook: str) -> EncodedVectors:
+        """`hook`'s vectors in shard `shard` as stored: zero-copy views of the values and, in a
+        scaled store, of their per-vector scales. `EncodedVectors.decode` widens them."""
         self.d(hook)  # a clear error for a hook the store does not hold
-        return self._tensor(shard, hook)
+        scale = self._tensor(shard, scale_name(hook)) if self.scaled else None
+        return EncodedVectors(self._tensor(shard, hook), scale)
 
     def tokens(self, shard: int) -> ShardTokens:
         """Token ids, document ids and document positions of a shard ([rows, ctx] each)."""
@@ -250,7 +267,7 @@ class ActivationStore:
         """Every vector of `hook` on `side` of `split`, shard by shard in store order."""
         for shard in range(self.num_shards):
             local = torch.from_numpy(self.selection(shard, side, split, include_special))
-            vectors = self.vectors(shard, hook)[local]
+            vectors = self.encoded(shard, hook).select(local).readable()
             yield SplitChunk(shard, vectors, local + self.first_index(shard))
 
     def rows(self, side: str, split: Split, max_rows: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -319,7 +336,13 @@ class ActivationStore:
 
     def _check_shape(self, shard: int, name: str, shape: tuple[int, ...]) -> None:
         rows, ctx = self.manifest.shards[shard].rows, self.context_length
-        expected = (rows, ctx) if name in RESERVED_TENSORS else (rows * ctx, self.d(name))
+        if name in RESERVED_TENSORS:
+            expected: tuple[int, ...] = (rows, ctx)
+        elif self.scaled and name.endswith(SCALE_SUFFIX):
+            self.d(name.removesuffix(SCALE_SUFFIX))  # the scales of a hook the store holds
+            expected = (rows * ctx,)
+        else:
+            expected = (rows * ctx, self.d(name))
         if shape != expected:
             raise self._damaged(shard, f"tensor {name!r} has shape {shape}, expected {expected}")
 
@@ -384,7 +407,7 @@ class ActivationStore:
         out = torch.empty((len(indices), self.d(hook)), dtype=torch.float32)
         for i, index in enumerate(indices):
             shard, local = self.locate(index)
-            out[i] = self.vectors(shard, hook)[local].float()
+            out[i] = self.encoded(shard, hook).select(torch.tensor([local])).decode()[0]
         return out
 
     def tokenizer(self):

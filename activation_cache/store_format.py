@@ -14,6 +14,8 @@ Each shard holds ``rows`` packed context rows of ``context_length`` tokens:
 * one tensor per hook, named exactly like the hook (e.g. ``blocks.3.hook_resid_post``),
   [rows * ctx, d] in the store dtype: row-major over (row, position), so vector ``i`` of a
   shard is row ``i // ctx``, position ``i % ctx``.
+* in a ``float8_e4m3`` store, beside each hook its per-vector scales ``<hook>.scale``,
+  float32 [rows * ctx] (see ``vector_codec.py``; readers get the decoded vectors).
 
 A vector's *global index* is ``first_row * ctx + i`` of its shard: every position, BOS and
 padding included, stays addressable; readers exclude ``doc_ids == -1`` from training data.
@@ -28,6 +30,11 @@ time a process reads it: about 20 times cheaper than sha256 and it never reads t
 Version-1 stores (no ``checksums``) are still read; their shards are checked with sha256, once
 per shard per process.
 
+Format version 3 adds the ``float8_e4m3`` store dtype and, per shard record, ``reconstruction``:
+for each hook, the sums of ‖x − x̂‖² and ‖x‖² over the shard's document tokens, ``x`` the
+activation in float32 and ``x̂`` the stored vector decoded. The manifest's totals give each hook's
+relative error (their ratio over all shards), exact however the harvest was interrupted.
+
 A harvest run under ``torchrun`` with N processes writes N *streams*: process r packs the
 documents whose index is r modulo N into its own shards (``shards/stream-r-of-N-shard-i``)
 and keeps its own partial manifest (``manifest.stream-r-of-N.json``); when every process is
@@ -40,6 +47,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import mmap
 import struct
 from dataclasses import dataclass, field
@@ -52,9 +60,11 @@ import xxhash
 from interp_sae.atomic import write_json_atomic
 from interp_sae.errors import InterpSAEError
 
+from .vector_codec import STORED_AS
+
 FORMAT_NAME = "interp-sae-activation-store"
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)  # 2 added per-tensor xxh3 checksums
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)  # 2 added per-tensor xxh3 checksums; 3 float8_e4m3 and reconstruction errors
 MANIFEST_NAME = "manifest.json"
 SHARD_DIR = "shards"
 TOKENIZER_DIR = "tokenizer"
@@ -64,7 +74,7 @@ DOC_IDS = "doc_ids"
 DOC_POSITIONS = "doc_positions"
 RESERVED_TENSORS = (TOKEN_IDS, DOC_IDS, DOC_POSITIONS)
 
-STORE_DTYPES = ("float16", "bfloat16", "float32")
+STORE_DTYPES = tuple(STORED_AS)
 
 
 class StoreFormatError(InterpSAEError, ValueError):
@@ -114,6 +124,7 @@ SAFETENSORS_DTYPES = {
     torch.float32: "F32",
     torch.int32: "I32",
     torch.int64: "I64",
+    torch.float8_e4m3fn: "F8_E4M3",
 }
 
 
@@ -181,6 +192,8 @@ class ShardRecord:
     nonfinite_positions: int = 0  # positions left out because an activation was NaN/Inf
     stream: int = 0  # which process of a multi-process harvest wrote it
     checksums: dict[str, str] = field(default_factory=dict)  # tensor name → xxh3-64 (format 2; empty in 1)
+    # hook → [Σ‖x − x̂‖², Σ‖x‖²] over the shard's document tokens (format 3; empty before)
+    reconstruction: dict[str, list[float]] = field(default_factory=dict)
 
 
 @dataclass
@@ -232,6 +245,17 @@ class Manifest:
         return sum(s.nonfinite_positions for s in self.shards)
 
     @property
+    def reconstruction_error(self) -> dict[str, float | None]:
+        """Per hook, Σ‖x − x̂‖² / Σ‖x‖² over every document token: what storing cost against the
+        float32 activations. None where a shard predates format 3 (or the hook saw no tokens)."""
+        errors: dict[str, float | None] = {}
+        for hook in self.hooks:
+            sums = [s.reconstruction.get(hook.name) for s in self.shards]
+            error, norm = (math.fsum(s[i] for s in sums if s) for i in (0, 1))
+            errors[hook.name] = error / norm if all(sums) and norm > 0 else None
+        return errors
+
+    @property
     def fingerprint(self) -> str:
         """The store's identity: a digest of the settings that determine its bytes (model,
         tokenizer, corpus, hooks, dtype, context). Extending the token budget keeps it; any other
@@ -267,6 +291,7 @@ class Manifest:
             "bytes": self.bytes,
             "shards": len(self.shards),
             "nonfinite_positions": self.nonfinite_positions,
+            "reconstruction_error": self.reconstruction_error,
         }
         return data
 

@@ -64,10 +64,11 @@ class ShardWriter:
         valid_tokens: int,
         end_state: PackerState,
         nonfinite_positions: int = 0,
+        reconstruction: dict[str, list[float]] | None = None,
     ) -> None:
         """Queue a shard (blocks while the queue is full, which bounds memory)."""
         self.raise_if_failed()
-        self._queue.put((tensors, rows, valid_tokens, end_state, nonfinite_positions))
+        self._queue.put((tensors, rows, valid_tokens, end_state, nonfinite_positions, reconstruction or {}))
 
     def close(self) -> None:
         """Wait for every queued shard to be committed."""
@@ -98,6 +99,7 @@ class ShardWriter:
         valid_tokens: int,
         end_state: PackerState,
         nonfinite_positions: int,
+        reconstruction: dict[str, list[float]],
     ) -> None:
         index = len(self.manifest.shards)
         name = shard_file_name(index, self.stream, self.manifest.streams)
@@ -113,6 +115,7 @@ class ShardWriter:
             nonfinite_positions=nonfinite_positions,
             stream=self.stream,
             checksums=checksums,
+            reconstruction=reconstruction,
         )
         self.manifest.shards.append(record)
         try:

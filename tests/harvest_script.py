@@ -3,6 +3,7 @@
 Used by the resume tests: the kill is real (the kernel ends the process, no cleanup runs)
 and lands at an exact place in the write path, e.g. the 3rd shard's bytes written but not
 renamed. Usage: harvest_script.py MODEL_FOLDER CORPUS OUT [KILL_ON NTH [RANK]] [--tokens N]
+[--store-dtype NAME]
 
 Under torchrun, the kill applies to the process of rank RANK only (default: every process).
 
@@ -54,6 +55,7 @@ def main() -> None:
     parser.add_argument("out")
     parser.add_argument("kill", nargs="*", help="KILL_ON NTH [RANK]")
     parser.add_argument("--tokens", type=int, default=2000)
+    parser.add_argument("--store-dtype", default="float32")
     args = parser.parse_args()
     if args.kill and (len(args.kill) < 3 or os.environ.get("RANK", "0") == args.kill[2]):
         kill_on(args.kill[0], int(args.kill[1]))
@@ -66,7 +68,7 @@ def main() -> None:
         context_length=16,
         shard_tokens=160,
         batch_size=4,
-        store_dtype="float32",
+        store_dtype=args.store_dtype,
         device="cpu",
     )
     harvest(config, progress=False)

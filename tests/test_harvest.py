@@ -208,8 +208,9 @@ def test_a_second_harvest_on_the_same_folder_is_refused_while_the_first_runs(tmp
     harvest(config(tmp_path, text_corpus, tokens=100), model=tiny_lm, progress=False)
 
 
-def test_a_damaged_shard_is_named_refused_and_repaired_alone(tmp_path, tiny_lm, text_corpus):
-    cfg = config(tmp_path, text_corpus, tokens=600)
+@pytest.mark.parametrize("store_dtype", ["float32", "float8_e4m3"])
+def test_a_damaged_shard_is_named_refused_and_repaired_alone(tmp_path, tiny_lm, text_corpus, store_dtype):
+    cfg = config(tmp_path, text_corpus, tokens=600, store_dtype=store_dtype)
     harvest(cfg, model=tiny_lm, progress=False)
     intact = _shard_bytes(tmp_path)
     victim = tmp_path / "shards/shard-000001.safetensors"
@@ -225,36 +226,56 @@ def test_a_damaged_shard_is_named_refused_and_repaired_alone(tmp_path, tiny_lm, 
     assert len(list(ShuffledBatches(store, HOOKS[1], 32).batches(0))) > 0  # the other hook's bytes are intact
     (tmp_path / "shards/shard-000002.safetensors").write_bytes(intact["shard-000002.safetensors"][:100])
     assert "truncated" in ActivationStore(tmp_path).verify()[1]
+    before = json.loads((tmp_path / "manifest.json").read_text())
     harvest(cfg, model=tiny_lm, progress=False, repair=True)
     assert _shard_bytes(tmp_path) == intact
     assert ActivationStore(tmp_path).verify() == []
+    assert json.loads((tmp_path / "manifest.json").read_text())["shards"] == before["shards"]  # errors included
 
 
-def _run_harvest_script(model_folder, corpus, out, *kill):
+def _run_harvest_script(model_folder, corpus, out, *kill, store_dtype="float32"):
     script = Path(__file__).parent / "harvest_script.py"
     args = [sys.executable, str(script), str(model_folder), str(corpus), str(out), *map(str, kill)]
-    return subprocess.run(args, capture_output=True, text=True)
+    return subprocess.run([*args, "--store-dtype", store_dtype], capture_output=True, text=True)
 
 
 @pytest.fixture(scope="module")
 def uninterrupted_store(tmp_path_factory, tiny_model_folder, text_corpus):
-    out = tmp_path_factory.mktemp("uninterrupted")
-    done = _run_harvest_script(tiny_model_folder, text_corpus, out)
-    assert done.returncode == 0, done.stderr
-    return out
+    """The uninterrupted harvest's folder, one per store dtype, made on first use."""
+    stores: dict[str, Path] = {}
+
+    def made(store_dtype: str) -> Path:
+        if store_dtype not in stores:
+            out = tmp_path_factory.mktemp(f"uninterrupted-{store_dtype}")
+            done = _run_harvest_script(tiny_model_folder, text_corpus, out, store_dtype=store_dtype)
+            assert done.returncode == 0, done.stderr
+            stores[store_dtype] = out
+        return stores[store_dtype]
+
+    return made
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kill_on, nth", [("shard-fsync", 3), ("shard-rename", 2), ("manifest-rename", 4)])
+@pytest.mark.parametrize(
+    "kill_on, nth, store_dtype",
+    [
+        ("shard-fsync", 3, "float32"),
+        ("shard-rename", 2, "float32"),
+        ("manifest-rename", 4, "float32"),
+        ("shard-rename", 2, "float8_e4m3"),
+    ],
+)
 def test_a_killed_harvest_resumes_to_the_same_store(
-    tmp_path, tiny_model_folder, text_corpus, uninterrupted_store, kill_on, nth
+    tmp_path, tiny_model_folder, text_corpus, uninterrupted_store, kill_on, nth, store_dtype
 ):
-    killed = _run_harvest_script(tiny_model_folder, text_corpus, tmp_path, kill_on, nth)
+    killed = _run_harvest_script(tiny_model_folder, text_corpus, tmp_path, kill_on, nth, store_dtype=store_dtype)
     assert killed.returncode == -9, killed.stderr
     partial = json.loads((tmp_path / "manifest.json").read_text())
     assert not partial["complete"] and 0 < len(partial["shards"]) < 8
-    resumed = _run_harvest_script(tiny_model_folder, text_corpus, tmp_path)
+    resumed = _run_harvest_script(tiny_model_folder, text_corpus, tmp_path, store_dtype=store_dtype)
     assert resumed.returncode == 0, resumed.stderr
-    assert _shard_bytes(tmp_path) == _shard_bytes(uninterrupted_store)
-    shards = lambda root: json.loads((root / "manifest.json").read_text())["shards"]  # noqa: E731
-    assert shards(tmp_path) == shards(uninterrupted_store)
+    uninterrupted = uninterrupted_store(store_dtype)
+    assert _shard_bytes(tmp_path) == _shard_bytes(uninterrupted)
+    manifest = lambda root: json.loads((root / "manifest.json").read_text())  # noqa: E731
+    assert manifest(tmp_path)["shards"] == manifest(uninterrupted)["shards"]  # reconstruction sums included
+    assert manifest(tmp_path)["totals"] == manifest(uninterrupted)["totals"]
