@@ -32,7 +32,7 @@ from .harvest_guards import (
 )
 from .hooks import stop_layer, validate_hooks
 from .models import DEFAULT_MODEL, LanguageModel, load_model
-from .packing import PackedRows, pack_blocks, pack_rows
+from .packing import PackedRows, blocks_until, pack_blocks, pack_rows, prefetched
 from .reader import ActivationStore
 from .store_format import (
     DOC_IDS,
@@ -363,15 +363,11 @@ def _run(
     show_written(None)
     writer = ShardWriter(out, manifest, stream=cluster.rank, on_written=show_written)
     store_dtype = STORED_AS[manifest.dtype]
-    exhausted = False
+    produced = manifest.rows
+    # Tokenising and packing the next blocks overlap this block's forward pass.
+    blocks = prefetched(blocks_until(rows, produced, target_rows, manifest.shard_rows))
     try:
-        produced = manifest.rows
-        while produced < target_rows:
-            block_rows = min(manifest.shard_rows, target_rows - produced)
-            block = next(pack_blocks(rows, block_rows), None)
-            if block is None:
-                exhausted = True
-                break
+        for block in blocks:
             reconstruction: dict[str, list[float]] = {}
             tensors, skipped = _compute_shard(
                 model,
@@ -394,12 +390,11 @@ def _run(
                 reconstruction=reconstruction,
             )
             produced += len(block.token_ids)
-            if len(block.token_ids) < block_rows:
-                exhausted = True
-                break
     finally:
+        blocks.close()
         bar.close()
         writer.close()
+    exhausted = produced < target_rows
     if manifest.valid_tokens == 0 and cluster.world_size == 1:  # (a stream of a small corpus may be empty)
         raise HarvestError(f"the corpus {config.dataset!r} gave no tokens: it is empty, or every document is blank")
     manifest.complete = True

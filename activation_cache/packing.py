@@ -11,14 +11,18 @@ that state yields exactly the rows an uninterrupted run would have produced next
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+import threading
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass
+from queue import Full, Queue
+from typing import Any, TypeVar
 
 import numpy as np
 
 from .store_format import PackerState
 
 Tokenize = Callable[[list[str]], list[list[int]]]
+T = TypeVar("T")
 
 
 @dataclass
@@ -112,3 +116,67 @@ def pack_blocks(
             doc_positions=np.stack([r[2] for r in chunk]),
             end_state=chunk[-1][3],
         )
+
+
+def blocks_until(
+    rows: Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, PackerState]],
+    produced: int,
+    target_rows: int,
+    block_rows: int,
+) -> Iterator[PackedRows]:
+    """Blocks of ``block_rows`` rows from row ``produced`` on, the last one cut at ``target_rows``;
+    stops early when the rows run out (the last block is then short)."""
+    while produced < target_rows:
+        wanted = min(block_rows, target_rows - produced)
+        block = next(pack_blocks(rows, wanted), None)
+        if block is None:
+            return
+        yield block
+        produced += len(block.token_ids)
+        if len(block.token_ids) < wanted:
+            return
+
+
+def prefetched(items: Iterator[T], depth: int = 2) -> Generator[T, None, None]:
+    """`items`, produced up to `depth` ahead by a background thread.
+
+    Reading the corpus, tokenising (the fast tokenizer releases the GIL and uses every core) and
+    packing the next blocks then overlap the forward pass of this one, which on a GPU is faster
+    than they are. An exception in the producer is raised here; closing this generator stops it.
+    """
+    queue: Queue[tuple[str, Any]] = Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not _put(queue, ("item", item), stop):
+                    return
+            _put(queue, ("end", None), stop)
+        except BaseException as exc:  # handed to the consumer, which raises it
+            _put(queue, ("error", exc), stop)
+
+    producer = threading.Thread(target=produce, name="interp-sae-packer", daemon=True)
+    producer.start()
+    try:
+        while True:
+            kind, value = queue.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                raise value
+            yield value
+    finally:
+        stop.set()
+        producer.join()
+
+
+def _put(queue: Queue, entry: tuple[str, Any], stop: threading.Event) -> bool:
+    """Put unless the consumer has stopped; False if it has."""
+    while not stop.is_set():
+        try:
+            queue.put(entry, timeout=0.1)
+            return True
+        except Full:
+            continue
+    return False

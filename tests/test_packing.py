@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 from activation_cache.packing import pack_blocks, pack_rows
 from activation_cache.store_format import PackerState
@@ -66,3 +67,51 @@ def test_blocks_group_rows_and_carry_the_last_state():
     assert [len(b.token_ids) for b in blocks] == [3, 1]
     assert blocks[0].end_state == PackerState(doc=3, offset=0)  # separator placed, doc 3 next
     assert blocks[0].token_ids.dtype == np.int32 and blocks[0].doc_ids.dtype == np.int64
+
+
+def test_prefetched_keeps_order_and_raises_the_producers_error():
+    from activation_cache.packing import prefetched
+
+    assert list(prefetched(iter(range(50)), depth=3)) == list(range(50))
+
+    def failing():
+        yield 1
+        raise ValueError("corpus file vanished")
+
+    items = prefetched(failing())
+    assert next(items) == 1
+    with pytest.raises(ValueError, match="corpus file vanished"):
+        next(items)
+
+
+def test_closing_prefetched_stops_the_producer_within_its_depth():
+    import threading
+
+    from activation_cache.packing import prefetched
+
+    taken = []
+
+    def counted():
+        for i in range(1000):
+            taken.append(i)
+            yield i
+
+    before = threading.active_count()
+    items = prefetched(counted(), depth=2)
+    assert [next(items) for _ in range(3)] == [0, 1, 2]
+    items.close()  # joins the producer thread
+    assert threading.active_count() == before
+    assert len(taken) <= 3 + 2 + 1  # consumed, queued, and the one it was holding
+
+
+def test_blocks_until_cuts_the_last_block_at_the_target_and_stops_when_rows_run_out():
+    from activation_cache.packing import blocks_until
+
+    def rows(n):
+        for i in range(n):
+            yield np.full(4, i), np.full(4, i), np.full(4, i), PackerState(doc=i, offset=0)
+
+    sizes = [len(b.token_ids) for b in blocks_until(rows(100), produced=3, target_rows=20, block_rows=5)]
+    assert sizes == [5, 5, 5, 2]
+    sizes = [len(b.token_ids) for b in blocks_until(rows(7), produced=0, target_rows=20, block_rows=5)]
+    assert sizes == [5, 2]
