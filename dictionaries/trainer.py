@@ -12,7 +12,12 @@ architectures or sizes pays the data reads once. A run lives in `out_dir`:
 
 Calling `train` again with the same arguments resumes from the checkpoint and ends exactly where
 an uninterrupted run would: the model, optimiser and noise-generator states are restored, the
-learning rate is a pure function of the step, and the data order a pure function of the epoch.
+learning rate is a pure function of the step, and the data order a pure function of the epoch
+(or, for a source with a `state_dict`, such as activations computed on the fly, restored from
+the checkpoint with everything else, each rank's own).
+
+One source may feed several kinds of activation at once (several hooks of one forward pass):
+its batches are then dicts, and `inputs` says which key each dictionary trains on.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, cast
+from typing import Any, Literal, cast
 
 import torch
 from tqdm.auto import tqdm
@@ -129,13 +134,41 @@ def training_step(
     return {name: t.detach() for name, t in terms.items()}
 
 
+def _view(source: Any, key: str | None) -> BatchSource:
+    """The part of `source` under `key`: the source itself for None; else `source[key]` for a
+    mapping of sources, or `source.view(key)` for a source of keyed batches."""
+    if key is None:
+        return source
+    return source[key] if isinstance(source, Mapping) else source.view(key)
+
+
+def _pick(batch: Any, key: str | None) -> torch.Tensor:
+    return batch if key is None else batch[key]
+
+
+def _sample(source: BatchSource, n: int) -> torch.Tensor:
+    """The preparation sample: a source that computes its vectors (on the fly) may offer a
+    cheaper `sample_vectors` than reading its first batches."""
+    sample_vectors = getattr(source, "sample_vectors", None)
+    return sample_vectors(n) if sample_vectors is not None else take_vectors(source, n)
+
+
 class _Run:
     """The state of one `train` call; methods are the phases of the loop."""
 
-    def __init__(self, dictionaries, train_source, out_dir, config, eval_source, metadata) -> None:
+    def __init__(
+        self, dictionaries, train_source, out_dir, config, eval_source, metadata, inputs=None, own_metadata=None
+    ) -> None:
         self.config, self.train_source, self.metadata = config, train_source, metadata
+        self.own_metadata: Mapping[str, dict] = own_metadata or {}
         self.eval_source = eval_source or train_source
         self.eval_split = "held_out" if eval_source is not None else "train"
+        self.inputs: dict[str, str | None] = {name: (inputs or {}).get(name) for name in dictionaries}
+        self.keys = list(dict.fromkeys(self.inputs.values()))
+        self.train_views = {name: _view(train_source, key) for name, key in self.inputs.items()}
+        # A source whose batches are already this rank's share (each rank reads its own data).
+        self.per_rank_batches = bool(getattr(train_source, "per_rank_batches", False))
+        self.eval_views = {name: _view(self.eval_source, key) for name, key in self.inputs.items()}
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.device = resolve_device(config.device)
@@ -145,8 +178,9 @@ class _Run:
             model = (
                 create(spec, seed=derive_seed(config.seed, _INIT, i)) if isinstance(spec, DictionaryConfig) else spec
             )
-            if model.config.d != train_source.d:
-                raise ConfigError(f"dictionary {name!r} has d={model.config.d} but the batches have d={train_source.d}")
+            d = self.train_views[name].d
+            if model.config.d != d:
+                raise ConfigError(f"dictionary {name!r} has d={model.config.d} but the batches have d={d}")
             self.models[name] = model.to(self.device).train()
         self.replicas = {
             name: wrap_for_cluster(LossModule(m), self.cluster, self.device) for name, m in self.models.items()
@@ -181,12 +215,16 @@ class _Run:
         if self.checkpoint_path.exists():
             self._restore()
             return
-        sample = take_vectors(self.train_source, self.config.prepare_vectors).to(self.device, torch.float32)
-        if self.config.normalize_input:
-            scale = math.sqrt(sample.shape[1]) / float(sample.norm(dim=1).mean())
-            for model in self.models.values():
-                model.input_scale.fill_(scale)
-        for model in self.models.values():
+        samples: dict[str | None, torch.Tensor] = {}
+        for name, model in self.models.items():
+            key = self.inputs[name]
+            if key not in samples:
+                samples[key] = _sample(self.train_views[name], self.config.prepare_vectors).to(
+                    self.device, torch.float32
+                )
+            sample = samples[key]
+            if self.config.normalize_input:
+                model.input_scale.fill_(math.sqrt(sample.shape[1]) / float(sample.norm(dim=1).mean()))
             model.prepare(sample)
         if self.cluster.is_main:
             run_config = {
@@ -212,6 +250,10 @@ class _Run:
             model.load_state_dict({k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)})
             optimizer_from_flat(self.optimizers[name], tensors, f"{name}/optim.", state["param_groups"][name])
             self.generators[name].set_state(tensors[f"{name}/generator/rank{self.cluster.rank}"])
+        if hasattr(self.train_source, "load_state_dict"):
+            prefix = f"source/rank{self.cluster.rank}/"
+            source_tensors = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+            self.train_source.load_state_dict(source_tensors, state["source"][self.cluster.rank])
         self.epoch, self.batch, self.step = state["epoch"], state["batch"], state["step"]
         self.last_checkpoint_step = self.step
 
@@ -230,10 +272,24 @@ class _Run:
             "batch": self.batch,
             "step": self.step,
         }
+        if hasattr(self.train_source, "state_dict"):  # where a stateful source is, on every rank
+            source_tensors, source_state = self.train_source.state_dict()
+            state["source"] = self._gather_objects(source_state)
+            for key, tensor in source_tensors.items():  # equal shapes on every rank: the source's promise
+                for rank, part in enumerate(self.cluster.gather(tensor, self.device)):
+                    tensors[f"source/rank{rank}/{key}"] = part
         if self.cluster.is_main:
             save_checkpoint(self.checkpoint_path, tensors, state)
         self.cluster.barrier()  # no rank goes on (or resumes) before the checkpoint is in place
         self.last_checkpoint_step = self.step
+
+    def _gather_objects(self, obj: Any) -> list[Any]:
+        """Every rank's JSON-able `obj` (every rank must call it)."""
+        if not self.cluster.distributed:
+            return [obj]
+        parts: list[Any] = [None] * self.cluster.world_size
+        torch.distributed.all_gather_object(parts, obj)
+        return parts
 
     # --- the loop ------------------------------------------------------------------------------
     def run(self, log: RunLog) -> None:
@@ -253,15 +309,18 @@ class _Run:
         for epoch in range(self.epoch, cfg.epochs):
             start = self.batch if epoch == self.epoch else 0
             for batch_index, batch in enumerate(self.train_source.batches(epoch, start), start=start):
-                x = self.cluster.local_slice(batch.to(self.device, torch.float32, non_blocking=True))
+                xs = {key: _pick(batch, key).to(self.device, torch.float32, non_blocking=True) for key in self.keys}
+                if not self.per_rank_batches:
+                    xs = {key: self.cluster.local_slice(x) for key, x in xs.items()}
                 lr = learning_rate(cfg.schedule, cfg.lr, self.step, self.total_steps)
                 for name, model in self.models.items():
-                    terms = self._step(name, model, x, lr, epoch, batch_index, log)
+                    terms = self._step(name, model, xs[self.inputs[name]], lr, epoch, batch_index, log)
                     self.term_names[name] = list(terms)
                     values, previous = torch.stack(list(terms.values())), sums[name]
                     sums[name] = values if previous is None else previous + values
                 self.step, self.epoch, self.batch = self.step + 1, epoch, batch_index + 1
-                window_tokens, window_steps = window_tokens + batch.shape[0], window_steps + 1
+                vectors = len(_pick(batch, self.keys[0])) * (self.cluster.world_size if self.per_rank_batches else 1)
+                window_tokens, window_steps = window_tokens + vectors, window_steps + 1
                 bar.update(1)
                 if self.step % cfg.log_every == 0 or self.step == self.total_steps:
                     rate = window_tokens / (time.perf_counter() - window_start)
@@ -332,7 +391,7 @@ class _Run:
         for i, (name, model) in enumerate(self.models.items()):
             generator = torch.Generator(self.device).manual_seed(derive_seed(self.config.seed, _EVAL_NOISE, i))
             report = evaluate(
-                model, self.eval_source, self.config.eval_max_vectors, self.config.dense_threshold, generator
+                model, self.eval_views[name], self.config.eval_max_vectors, self.config.dense_threshold, generator
             )
             report["split"] = self.eval_split
             reports[name] = report
@@ -342,14 +401,21 @@ class _Run:
 
     def finish(self, log: RunLog) -> dict[str, dict]:
         reports = self.evaluate(log)
-        sample = take_vectors(self.eval_source, self.config.curve_vectors).to(self.device, torch.float32)
+        samples: dict[str | None, torch.Tensor] = {}
         curves = {}
         for name, model in self.models.items():
+            key = self.inputs[name]
+            if key not in samples:
+                samples[key] = take_vectors(self.eval_views[name], self.config.curve_vectors).to(
+                    self.device, torch.float32
+                )
+            sample = samples[key]
             folder = save_dictionary(
                 model,
                 self.out_dir / name,
                 metadata={
                     **self.metadata,
+                    **self.own_metadata.get(name, {}),
                     "training": self.config.to_dict(),
                     "metrics": reports[name],
                     # Applied inside the dictionary (its input_scale), recorded so readers know it was used.
@@ -388,18 +454,26 @@ def train(
     train_source: BatchSource,
     out_dir: str | Path,
     config: TrainConfig | None = None,
-    eval_source: BatchSource | None = None,
+    eval_source: BatchSource | Mapping[str, BatchSource] | None = None,
     metadata: dict | None = None,
+    inputs: Mapping[str, str] | None = None,
+    own_metadata: Mapping[str, dict] | None = None,
 ) -> TrainResult:
     """Train every dictionary in `dictionaries` (name → config or initialised model) on the same
     batches of `train_source`; evaluate on `eval_source` (held out; the train source if None)
     every `eval_every` steps and at the end; write everything to `out_dir` (module docstring).
     Resumes automatically from `out_dir`'s checkpoint. Raises NonFiniteLossError on NaN/Inf.
-    `metadata` (provenance: hook, model, dataset, ...) is saved in every dictionary's config.json."""
+    `metadata` (provenance: hook, model, dataset, ...) is saved in every dictionary's config.json,
+    with `own_metadata[name]` (e.g. its hook) on top.
+
+    With `inputs` (dictionary name → key), `train_source` yields dicts of [B, d_key] tensors and
+    each dictionary trains on its key; `train_source.view(key)` and `eval_source[key]` (or
+    `.view(key)`) are that key's own sources, for set-up and evaluation. Under torchrun, a source
+    with `per_rank_batches = True` yields each rank's own share of the step, which is not sliced."""
     if not dictionaries:
         raise ConfigError("nothing to train: pass at least one dictionary")
     config = config or TrainConfig()
-    run = _Run(dict(dictionaries), train_source, out_dir, config, eval_source, metadata or {})
+    run = _Run(dict(dictionaries), train_source, out_dir, config, eval_source, metadata or {}, inputs, own_metadata)
     run.start()
     run_id = hashlib.sha1(json.dumps([str(run.out_dir.resolve()), run.signature]).encode()).hexdigest()[:12]
     log = RunLog(

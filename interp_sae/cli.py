@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Any, cast
 
@@ -13,7 +14,8 @@ from activation_cache.harvest import HarvestConfig
 from interp_sae import cli_inspect, cli_intervene, cli_share
 from interp_sae.cli_common import boundary
 from interp_sae.pipeline import PipelineConfig
-from interp_sae.train_from_store import DEFAULT_ARCHITECTURES, DEFAULT_LATENTS, DataConfig
+from interp_sae.train_from_store import DEFAULT_ARCHITECTURES, DEFAULT_LATENTS, DataConfig, TrainSetupError
+from interp_sae.train_on_the_fly import OnTheFlyConfig
 
 app = typer.Typer(
     help="Harvest LLM activations, train VAEase and sparse autoencoders on them, inspect and share the features.",
@@ -28,6 +30,7 @@ _DEFAULTS = HarvestConfig(out="")
 _PIPELINE = PipelineConfig()
 _TRAIN = D.TrainConfig()
 _DATA = DataConfig()
+_FLY = OnTheFlyConfig()
 
 
 @app.command()
@@ -134,16 +137,32 @@ def verify(store: Path = typer.Argument(..., help="Store folder to check.")) -> 
     typer.echo("all shards intact")
 
 
+def _harvest_help(option: str) -> str:
+    """The help of `harvest`'s option, so that `train` on the fly describes it in the same words."""
+    return inspect.signature(harvest).parameters[option].default.help
+
+
 @app.command()
 def train(
-    store: Path = typer.Argument(..., help="Activation store folder (from `interp-sae harvest`)."),
+    store: Path | None = typer.Argument(
+        None,
+        help="Activation store folder (from `interp-sae harvest`). Leave it out to train on the fly: the model runs "
+        "as training goes (--model, --dataset, --tokens), and nothing is stored.",
+        show_default=False,
+    ),
     out: Path = typer.Option(
         ...,
         "--out",
         "-o",
         help="Run folder: checkpoint, log.jsonl, AD–RE curves, one subfolder per dictionary. Rerun the same command to resume.",
     ),
-    hook: str | None = typer.Option(_DATA.hook, help="Hook to train on (default: the store's only hook)."),
+    hook: list[str] = typer.Option(
+        [],
+        "--hook",
+        help="Hook to train on (default: the store's only hook). On the fly: required, and repeatable: one forward "
+        "pass feeds one set of dictionaries per hook (folders HOOK/ARCH).",
+        show_default=False,
+    ),
     arch: list[str] = typer.Option(
         DEFAULT_ARCHITECTURES,
         "--arch",
@@ -157,7 +176,12 @@ def train(
         "--set",
         help="Architecture hyperparameter ARCH.FIELD=VALUE, e.g. sae_topk.k=32, sae_l1.l1_coefficient=0.1, wsae.estimator=kurtosis, wsae.encoder=topk.",
     ),
-    epochs: int = typer.Option(_TRAIN.epochs, help="Passes over the training split (paper default 35)."),
+    epochs: int | None = typer.Option(
+        None,
+        help=f"Passes over the training split (default {_TRAIN.epochs}, the paper's; on the fly default 1, since "
+        "each pass runs the model again).",
+        show_default=False,
+    ),
     lr: float = typer.Option(_TRAIN.lr, help="Adam learning rate (paper default 5e-3)."),
     batch_size: int = typer.Option(_DATA.batch_size, help="Vectors per step (paper default 2048)."),
     schedule: str = typer.Option(
@@ -186,23 +210,56 @@ def train(
     wandb_project: str | None = typer.Option(
         _TRAIN.wandb_project, help="Also log to this Weights & Biases project (needs `wandb`)."
     ),
+    model: str | None = typer.Option(
+        None, help="On the fly (no STORE): " + _harvest_help("model"), show_default=False, rich_help_panel="On the fly"
+    ),
+    revision: str | None = typer.Option(None, help=_harvest_help("revision"), rich_help_panel="On the fly"),
+    dataset: str = typer.Option(_FLY.dataset, help=_harvest_help("dataset"), rich_help_panel="On the fly"),
+    dataset_config: str | None = typer.Option(None, help=_harvest_help("dataset_config"), rich_help_panel="On the fly"),
+    split: str = typer.Option(_FLY.dataset_split, help=_harvest_help("split"), rich_help_panel="On the fly"),
+    text_column: str = typer.Option(_FLY.text_column, help=_harvest_help("text_column"), rich_help_panel="On the fly"),
+    tokens: int = typer.Option(
+        _FLY.tokens,
+        help="Document tokens to train on per epoch (rounded down to whole batches); a shorter corpus trains on "
+        "what it holds, and says so.",
+        rich_help_panel="On the fly",
+    ),
+    context_length: int = typer.Option(
+        _FLY.context_length, help=_harvest_help("context_length"), rich_help_panel="On the fly"
+    ),
+    forward_rows: int = typer.Option(_FLY.forward_rows, help=_harvest_help("batch_size"), rich_help_panel="On the fly"),
+    model_dtype: str = typer.Option(_FLY.model_dtype, help=_harvest_help("model_dtype"), rich_help_panel="On the fly"),
+    buffer: str = typer.Option(
+        _FLY.buffer,
+        help="Shuffle buffer per hook: vectors (262144) or bytes (512MiB, 1GiB); auto = max(131072, 4 batches). "
+        "Its size, not --tokens, sets the memory; each checkpoint holds its unconsumed part.",
+        rich_help_panel="On the fly",
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
-    """Train one or more dictionaries on a store's hook, all on the same shuffled batches.
+    """Train one or more dictionaries on a store's hook, all on the same shuffled batches; or, with
+    no STORE, on activations the model computes as training goes (on the fly).
 
     Metrics on the held-out documents (RE, FVU, AD, L0, dead/dense fractions, γ) are printed,
-    logged to log.jsonl and saved next to each dictionary with its AD–RE curve. Kill it at any
-    time: the same command resumes from the last checkpoint.
+    logged to log.jsonl and saved next to each dictionary with its AD–RE curve; on the fly, the
+    fraction of LM loss recovered too. Kill it at any time: the same command resumes from the last
+    checkpoint.
     """
     from activation_cache import ActivationStore, Split
     from interp_sae.train_from_store import choose_hook, dictionary_configs, parse_overrides, train_from_store
 
     with boundary("the last checkpoint is kept"):
-        opened = ActivationStore(store)
-        d = opened.d(choose_hook(opened, hook))
-        configs = dictionary_configs(list(arch), list(latents), d, parse_overrides(list(set_)))
+        on_the_fly = store is None
+        if on_the_fly == (model is None):
+            raise TrainSetupError(
+                "pass either a STORE to train from, or --model (with --dataset, --hook and --tokens) to train on "
+                "the fly; not both"
+                if store is not None
+                else "pass a STORE to train from, or --model (with --dataset, --hook and --tokens) to train on the fly"
+            )
+        overrides = parse_overrides(list(set_))
         train_config = D.TrainConfig(
-            epochs=epochs,
+            epochs=epochs if epochs is not None else (1 if on_the_fly else _TRAIN.epochs),
             lr=lr,
             seed=seed,
             device=device,
@@ -214,7 +271,43 @@ def train(
             wandb_project=wandb_project,
             progress=not quiet,
         )
-        data = DataConfig(hook=hook, batch_size=batch_size, split=Split(val_fraction, split_seed))
+        held_out = Split(val_fraction, split_seed)
+        if store is None:
+            from interp_sae.train_on_the_fly import OnTheFlyConfig, train_on_the_fly
+
+            if not hook:
+                raise TrainSetupError("training on the fly needs --hook NAME (repeat it for several hooks)")
+            settings = OnTheFlyConfig(
+                model=cast(str, model),
+                revision=revision,
+                hooks=list(hook),
+                dataset=dataset,
+                dataset_config=dataset_config,
+                dataset_split=split,
+                text_column=text_column,
+                tokens=tokens,
+                context_length=context_length,
+                forward_rows=forward_rows,
+                model_dtype=model_dtype,
+                batch_size=batch_size,
+                buffer=buffer,
+                split=held_out,
+            )
+            train_on_the_fly(
+                settings,
+                lambda d: dictionary_configs(list(arch), list(latents), d, overrides),
+                out,
+                train_config,
+                say=typer.echo,
+            )
+            return
+        if len(hook) > 1:
+            raise TrainSetupError("a store trains one hook per run: pass --hook once")
+        only_hook = hook[0] if hook else None
+        opened = ActivationStore(store)
+        d = opened.d(choose_hook(opened, only_hook))
+        configs = dictionary_configs(list(arch), list(latents), d, overrides)
+        data = DataConfig(hook=only_hook, batch_size=batch_size, split=held_out)
         train_from_store(store, configs, out, train_config, data)
 
 

@@ -5,6 +5,10 @@ path, the hook, the held-out split (fraction and seed) and the input normalisati
 ablation, splicing, loss recovered and the SAELens export read them back through `resolve`, so a
 user never gives a hook or a split twice, and a dictionary is never silently used on a store or
 hook it was not trained on.
+
+A dictionary trained on the fly (no store) records ``store: null`` and an ``on_the_fly`` block
+(model, tokenizer, corpus, tokens); `resolve` then accepts any store harvested from the same model
+at that hook (e.g. one harvested later to inspect it), and refuses another model's store.
 """
 
 from __future__ import annotations
@@ -45,6 +49,37 @@ def data_provenance(store: ActivationStore, hook: str, split: Split) -> dict[str
     }
 
 
+def on_the_fly_provenance(
+    model: dict[str, Any],
+    tokenizer: dict[str, Any],
+    dataset: dict[str, Any],
+    hook: str,
+    split: Split,
+    context_length: int,
+    tokens: int,
+    buffer_vectors: int,
+) -> dict[str, Any]:
+    """What a dictionary trained on `hook` of activations computed on the fly records: the keys of
+    `data_provenance`, with no store, and ``on_the_fly`` in place of ``harvest``."""
+    return {
+        "hook_name": hook,
+        "model_name": model["id"],
+        "model_revision": model.get("revision"),
+        "dataset": dataset["id"],
+        "context_length": context_length,
+        "prepend_bos": True,
+        "store": None,
+        "split": split.to_json(),
+        "on_the_fly": {
+            "model": model,
+            "tokenizer": tokenizer,
+            "dataset": dataset,
+            "tokens": tokens,
+            "buffer_vectors": buffer_vectors,
+        },
+    }
+
+
 @dataclass(frozen=True)
 class TrainedOn:
     """The data a dictionary records it was trained on (fields are None when it does not say,
@@ -55,6 +90,7 @@ class TrainedOn:
     store_fingerprint: str | None
     store_path: str | None
     model: str | None
+    on_the_fly: bool = False
 
     @classmethod
     def of(cls, dictionary: Dictionary) -> TrainedOn:
@@ -67,6 +103,7 @@ class TrainedOn:
             store_fingerprint=store.get("fingerprint"),
             store_path=store.get("path"),
             model=meta.get("model_name"),
+            on_the_fly=meta.get("on_the_fly") is not None,
         )
 
 
@@ -83,6 +120,14 @@ def resolve(
     Refuses (ProvenanceError, saying what differs and which flag overrides it) a store whose
     fingerprint is not the recorded one, and a hook other than the recorded one."""
     trained = TrainedOn.of(dictionary)
+    if store is not None and trained.on_the_fly and not allow_other_store:
+        store_model = store.manifest.model.get("id")
+        if store_model != trained.model:
+            raise ProvenanceError(
+                f"the dictionary was trained on the fly on model {trained.model!r}, but {store.root} was harvested "
+                f"from {store_model!r}. Harvest a store from {trained.model!r} at its hook, or pass "
+                "--allow-other-store to use it on this one deliberately."
+            )
     if store is not None and trained.store_fingerprint not in (None, store.fingerprint) and not allow_other_store:
         raise ProvenanceError(
             f"the dictionary was trained on another store (fingerprint {trained.store_fingerprint}, at "

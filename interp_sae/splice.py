@@ -155,8 +155,33 @@ def loss_recovered(
     hook, split = resolve(
         dictionary, store, hook, allow_other_store=allow_other_store, allow_other_hook=allow_other_hook
     )
-    dictionary = dictionary.to(lm.device)
     ids, doc_mask, loss_mask = (torch.from_numpy(a) for a in store.rows(side, split, max_rows))
+    result = loss_recovered_on_rows(lm, dictionary, hook, ids, doc_mask, loss_mask, batch_rows=batch_rows)
+    if result is None:
+        raise ConfigError(f"the {side!r} side of {store.root}'s split has no next-token predictions to score")
+    return {
+        **result,
+        "split": side,
+        "held_out_split": split.to_json(),
+        "hook": hook,
+    }
+
+
+@torch.no_grad()
+def loss_recovered_on_rows(
+    lm: LanguageModel,
+    dictionary: Dictionary,
+    hook: str,
+    ids: torch.Tensor,
+    doc_mask: torch.Tensor,
+    loss_mask: torch.Tensor,
+    *,
+    batch_rows: int = 8,
+) -> dict[str, Any] | None:
+    """`loss_recovered`'s measurement on given rows: token ids, document-token mask and which
+    predicted tokens count (each [rows, ctx]). None when no prediction counts. Moves the
+    dictionary to the model's device."""
+    dictionary = dictionary.to(lm.device)
     ids = ids.long()
     totals = {"clean": 0.0, "spliced": 0.0, "zero_ablated": 0.0}
     splice = Splice(dictionary, hook)
@@ -173,7 +198,7 @@ def loss_recovered(
             totals[name] += float(token_losses(run_logits(lm, batch, hooks), batch)[counted].double().sum())
         count += int(counted.sum())
     if count == 0:
-        raise ConfigError(f"the {side!r} side of {store.root}'s split has no next-token predictions to score")
+        return None
     losses = {f"{name}_loss": total / count for name, total in totals.items()}
     gap = losses["zero_ablated_loss"] - losses["clean_loss"]
     return {
@@ -181,7 +206,4 @@ def loss_recovered(
         "fraction_recovered": (losses["zero_ablated_loss"] - losses["spliced_loss"]) / gap if gap else None,
         "predictions": count,
         "rows": len(ids),
-        "split": side,
-        "held_out_split": split.to_json(),
-        "hook": hook,
     }
