@@ -9,10 +9,12 @@ every shard are the same whether or not the run was interrupted).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import math
 from dataclasses import dataclass, field
+from functools import partial
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -155,19 +157,33 @@ def _hook_widths(model: LanguageModel, hooks: list[str], stop: int | None) -> di
     return {h: a.shape[-1] for h, a in acts.items()}
 
 
+class _AllCaptured(Exception):
+    """Raised by the last requested hook to fire: nothing after it is needed."""
+
+
 def _forward(model: LanguageModel, ids: torch.Tensor, hooks: list[str], stop: int | None) -> dict[str, torch.Tensor]:
-    with torch.inference_mode():
-        _, cache = model.bridge.run_with_cache(ids, names_filter=hooks, stop_at_layer=stop, return_cache_object=False)
-    acts = {}
+    """Each hook's activation of one forward pass of `ids`. The pass ends where the last hook has
+    fired: `stop_at_layer` alone cannot end it inside the last block, and the final norm and the
+    unembedding that would follow cost ~10× a block's forward for a 50k vocabulary at small d."""
+    captured: dict[str, torch.Tensor] = {}
+
+    def capture(name: str, activation: torch.Tensor, hook: object) -> None:
+        captured[name] = activation
+        if len(captured) == len(hooks):
+            raise _AllCaptured
+
+    with torch.inference_mode(), contextlib.suppress(_AllCaptured):
+        model.bridge.run_with_hooks(
+            ids, fwd_hooks=[(h, partial(capture, h)) for h in hooks], stop_at_layer=stop, return_type=None
+        )
     for h in hooks:
-        a = cache[h]
+        a = captured[h]
         if a.dim() != 3:
             raise HarvestError(
                 f"hook {h!r} gives activations of shape {tuple(a.shape)}; only [batch, position, d] "
                 "hooks can be stored (per-head hooks such as hook_z or hook_pattern cannot)"
             )
-        acts[h] = a
-    return acts
+    return captured
 
 
 def harvest(

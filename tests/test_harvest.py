@@ -279,3 +279,20 @@ def test_a_killed_harvest_resumes_to_the_same_store(
     manifest = lambda root: json.loads((root / "manifest.json").read_text())  # noqa: E731
     assert manifest(tmp_path)["shards"] == manifest(uninterrupted)["shards"]  # reconstruction sums included
     assert manifest(tmp_path)["totals"] == manifest(uninterrupted)["totals"]
+
+
+def test_a_last_block_hook_stops_the_forward_pass_before_the_unembedding(tiny_lm, tiny_hf_model):
+    from activation_cache.harvest import _forward
+
+    ids = torch.tensor([[0, 5, 6, 7, 8], [0, 9, 10, 11, 12]])
+    hooks = ["blocks.0.hook_resid_post", "blocks.2.hook_resid_post"]  # the tiny model's last block is 2
+    unembedded = []
+    handle = tiny_lm.bridge.unembed.register_forward_hook(lambda *args: unembedded.append(1))
+    try:
+        acts = _forward(tiny_lm, ids, hooks, stop=3)
+    finally:
+        handle.remove()
+    assert unembedded == []
+    _, cache = tiny_lm.bridge.run_with_cache(ids, names_filter=hooks)
+    for hook in hooks:
+        torch.testing.assert_close(acts[hook], cache[hook], rtol=0, atol=0)
