@@ -9,6 +9,8 @@
 #   5. train         benchmarks/train_throughput.py (full size on a GPU)
 #   6. data-path     benchmarks/data_path.py: reader vs in-memory gather, training from the store vs memory
 #   7. sparse-topk   benchmarks/sparse_topk.py: the sparse TopK step vs the dense one
+#   8. compressed    benchmarks/compressed_store.py --small: the float8_e4m3 store vs bfloat16
+#   9. on-the-fly    benchmarks/on_the_fly.py --small: training on the fly vs bare forward + step
 #
 # Each step's output is teed to $OUT/STEP.log ($OUT defaults to runs/device-check); every RESULT
 # line goes to $OUT/RESULTS.txt with a STEP line per step. A failed or timed-out step does not stop
@@ -30,7 +32,7 @@ SITE=${TMPDIR:-/tmp}/interp-sae-device-site # wheels go here only if the Python'
 DEVICE=${DEVICE_CHECK_DEVICE:-cuda}
 
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=disabled
-export MPLBACKEND=Agg TOKENIZERS_PARALLELISM=false
+export MPLBACKEND=Agg # TOKENIZERS_PARALLELISM stays unset: the harvest tokenises on every core
 export PYTHONPATH=$REPO:$SITE${PYTHONPATH:+:$PYTHONPATH}
 
 pick_python() {
@@ -189,7 +191,7 @@ read -r -a TEST_PATHS <<<"${DEVICE_CHECK_TESTS:-tests/gpu}"
 
 echo "device check: python $PY, device $DEVICE, logs in $OUT, budget ${BUDGET}s"
 run_step setup 50 bash "$REPO/benchmarks/device_check.sh" __setup
-run_step gpu-tests 120 "$PY" -m pytest "${TEST_PATHS[@]}" -m gpu -s -q -rfEs -p no:cacheprovider
+run_step gpu-tests 120 env TOKENIZERS_PARALLELISM=false "$PY" -m pytest "${TEST_PATHS[@]}" -m gpu -s -q -rfEs -p no:cacheprovider
 if [[ -f $SHARED_TOKENIZER ]]; then tokenizer=pythia; else tokenizer=tiny-fallback; fi
 echo "[harvest] RESULT tokenizer=$tokenizer tokens=$HARVEST_TOKENS batch_size=$HARVEST_BATCH_SIZE" >>"$SUMMARY"
 for precision in bf16:bfloat16 fp32:float32; do
@@ -199,6 +201,8 @@ done
 run_step train 70 "$PY" benchmarks/train_throughput.py "${TRAIN_ARGS[@]}"
 run_step data-path 45 "$PY" benchmarks/data_path.py --device "$DEVICE" --latents 16384 --steps 20
 run_step sparse-topk 45 "$PY" benchmarks/sparse_topk.py --budget 30
+run_step compressed 60 "$PY" benchmarks/compressed_store.py --small --device "$DEVICE"
+run_step on-the-fly 60 "$PY" benchmarks/on_the_fly.py --small --device "$DEVICE"
 
 if ((${#FAILED[@]})); then
     echo "OVERALL status=failed failed_steps=$(IFS=,; echo "${FAILED[*]}") seconds=$((SECONDS - START))" | tee -a "$SUMMARY"

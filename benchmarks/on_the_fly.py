@@ -87,9 +87,9 @@ def settings(model: str, hook: str, tokens: int, buffer: str) -> OnTheFlyConfig:
     )  # fmt: skip
 
 
-def train_config(seed: int = 0) -> D.TrainConfig:
+def train_config(seed: int = 0, device: str = "cpu") -> D.TrainConfig:
     return D.TrainConfig(
-        epochs=1, checkpoint_every=0, log_every=10**9, progress=False, device="cpu", prepare_vectors=4096,
+        epochs=1, checkpoint_every=0, log_every=10**9, progress=False, device=device, prepare_vectors=4096,
         eval_max_vectors=4096, curve_vectors=1024, seed=seed,
     )  # fmt: skip
 
@@ -101,7 +101,9 @@ def configs(latents: int):
 def on_the_fly_rate(lm: LanguageModel, run: OnTheFlyConfig, latents: int, out: Path) -> tuple[float, float, int]:
     """(the trainer's tokens/s over its loop, the whole call's seconds, tokens trained)."""
     start = time.perf_counter()
-    result = train_on_the_fly(run, configs(latents), out, train_config(), lm=lm, say=lambda _: None)
+    result = train_on_the_fly(
+        run, configs(latents), out, train_config(device=str(lm.device)), lm=lm, say=lambda _: None
+    )
     total = time.perf_counter() - start
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     rates = [r["tokens_per_s"] for r in log if r["event"] == "train"]
@@ -111,7 +113,7 @@ def on_the_fly_rate(lm: LanguageModel, run: OnTheFlyConfig, latents: int, out: P
 def bare_rate(lm: LanguageModel, run: OnTheFlyConfig, latents: int, tokens: int) -> float:
     """Tokens/s of forward passes plus one training step per batch, nothing in between."""
     d = lm.bridge.cfg.d_model
-    model = D.create(configs(latents)(d)["sae_topk"], seed=0)
+    model = D.create(configs(latents)(d)["sae_topk"], seed=0).to(lm.device)
     optimizer = torch.optim.Adam(model.parameters(), lr=5e-3)
     plan = StreamPlan(CorpusSpec(CORPUS), run.hooks, run.context_length, run.split)
     stop = stop_layer(run.hooks)
@@ -123,17 +125,18 @@ def bare_rate(lm: LanguageModel, run: OnTheFlyConfig, latents: int, tokens: int)
         have += len(pending[-1])
         while have >= run.batch_size and done < tokens:
             vectors = torch.cat(pending)
-            D.training_step(model, optimizer, vectors[: run.batch_size].float())
+            D.training_step(model, optimizer, vectors[: run.batch_size].to(lm.device).float())
             pending, have, done = [vectors[run.batch_size :]], have - run.batch_size, done + run.batch_size
         if done >= tokens:
             break
     return done / (time.perf_counter() - start)
 
 
-def peak_rss_child(model: str, hook: str, tokens: int, buffer: str, latents: int, out: Path) -> int:
-    """Peak RSS (bytes) of a fresh process that trains on `tokens`."""
+def peak_rss_child(model: str, hook: str, tokens: int, buffer: str, latents: int, out: Path, device: str) -> int:
+    """Peak RSS (bytes, host memory) of a fresh process that trains on `tokens`."""
     call = (
-        f"b.settings({model!r}, {hook!r}, {tokens}, {buffer!r}), b.configs({latents}), {str(out)!r}, b.train_config()"
+        f"b.settings({model!r}, {hook!r}, {tokens}, {buffer!r}), b.configs({latents}), {str(out)!r}, "
+        f"b.train_config(device={device!r})"
     )
     code = "\n".join(
         [
@@ -153,6 +156,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--small", action="store_true", help="CPU-sized: d=128, 3 layers, 64k tokens")
     parser.add_argument("--rounds", type=int, default=2, help="alternating timing rounds (best of)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, ... (model and training)")
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     size = shape(args.small)
@@ -160,7 +164,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="on-the-fly-bench-") as tmp:
         folder = Path(tmp) / "model"
         which = build_model_folder(folder, size["d_model"], size["n_layers"])
-        lm = load_model(str(folder), device="cpu")
+        lm = load_model(str(folder), device=args.device)
         run = settings(str(folder), size["hook"], size["tokens"], buffer)
         print(
             f"model: random GPTNeoX d={size['d_model']} layers={size['n_layers']} ({which} tokenizer), hook "
@@ -181,7 +185,7 @@ def main() -> None:
         for factor in (1, 4):
             tokens = size["tokens"] * factor
             rss[factor] = peak_rss_child(
-                str(folder), size["hook"], tokens, buffer, size["latents"], Path(tmp) / f"rss-{factor}"
+                str(folder), size["hook"], tokens, buffer, size["latents"], Path(tmp) / f"rss-{factor}", str(lm.device)
             )
             print(f"peak RSS at {tokens:,} tokens: {rss[factor] / 2**20:,.0f} MiB", flush=True)
     print(f"RESULT ratio={ratio:.3f} rss_growth={rss[4] / rss[1]:.3f}", flush=True)
