@@ -197,6 +197,7 @@ def write_report(results: dict[str, Any], out_dir: str | Path) -> Path:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     fresh = Path(tempfile.mkdtemp(dir=out_dir, prefix=f".{FEATURES_FOLDER}.", suffix=".tmp"))
+    fresh.chmod(0o755)  # mkdtemp's folder is private; a report is for reading
     for j in range(results["n_features"]):
         (fresh / f"{j}.html").write_text(render_feature_page(results, j), encoding="utf-8")
     os.sync()
