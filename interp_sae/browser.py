@@ -29,12 +29,16 @@ CSS = """
 .isae table{border-collapse:collapse;font-size:13px}
 .isae td,.isae th{padding:2px 8px;border-bottom:1px solid #eee;text-align:left}
 .isae .ctx{font-family:ui-monospace,monospace;white-space:pre-wrap;margin:3px 0;padding:3px;border-bottom:1px solid #f0f0f0}
-.isae .ctx span.t{border-radius:2px}.isae .ctx span.c{outline:2px solid #c00}
+.isae .ctx span{border-radius:2px}.isae .ctx span.c{outline:2px solid #c00}
 .isae .score{color:#888;font-size:12px;display:inline-block;width:80px}
 .isae .cols{display:flex;gap:30px;flex-wrap:wrap}
 .isae svg .bar{fill:#e8862a}.isae svg text{font-size:10px;fill:#555}
 .isae .gen{font-family:ui-monospace,monospace;white-space:pre-wrap;padding:6px;background:#f7f7f7;margin:4px 0}
-"""
+""" + "".join(  # shading classes p1…p10 (orange, positive) and n1…n10 (blue, negative): short markup per token
+    f".isae .{sign}{level}{{background:rgba({colour},{level / 10:.1f})}}"
+    for sign, colour in (("p", "232,134,42"), ("n", "40,110,230"))
+    for level in range(1, 11)
+)
 
 FeatureLink = Callable[[int], str]
 """Feature index → the href of its view (the report's pages link to each other)."""
@@ -65,20 +69,21 @@ def pct(fraction: float) -> str:
 
 
 def _shade(value: float | None, scale: float) -> str:
+    """The shading class of a value: its share of `scale` in tenths, p for positive, n for negative."""
     if value is None or not scale:
         return ""
-    alpha = min(1.0, abs(value) / scale)
-    colour = "232,134,42" if value >= 0 else "40,110,230"  # orange positive, blue negative
-    return f"background:rgba({colour},{alpha:.2f})"
+    level = round(10 * min(1.0, abs(value) / scale))
+    return f"{'p' if value >= 0 else 'n'}{level}" if level else ""
 
 
 def tokens_html(tokens: Sequence[str], values: Sequence[float | None], center: int, scale: float) -> str:
     """Tokens shaded by their values (hover shows the value); token `center` outlined."""
-    return "".join(
-        f'<span class="t{" c" if i == center else ""}" style="{_shade(v, scale)}" title="{html.escape(fmt(v))}">'
-        f"{html.escape(t)}</span>"
-        for i, (t, v) in enumerate(zip(tokens, values))
-    )
+    spans = []
+    for i, (token, value) in enumerate(zip(tokens, values)):
+        classes = " ".join(c for c in (_shade(value, scale), "c" if i == center else "") if c)
+        attribute = f' class="{classes}"' if classes else ""
+        spans.append(f'<span{attribute} title="{html.escape(fmt(value))}">{html.escape(token)}</span>')
+    return "".join(spans)
 
 
 def _scale(examples: Sequence[dict]) -> float:
