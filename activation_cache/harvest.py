@@ -460,7 +460,8 @@ def _compute_shard(
             encoded = encode(a, store_dtype)
             decoded = encoded.decode()
             # Checked on what the store holds: a float16 store overflows where the model did not.
-            bad = ~torch.isfinite(decoded).all(-1)
+            # (Unscaled values widen exactly, so their own isfinite is the decoded one's, at half the bytes.)
+            bad = ~torch.isfinite(decoded if encoded.scale is not None else encoded.values).all(-1)
             if bad.any():
                 row, pos = divmod(span.start + int(bad.nonzero()[0]), ctx)
                 if on_nonfinite == "stop":
@@ -476,7 +477,8 @@ def _compute_shard(
                 nonfinite[span] |= bad.cpu()
             if reconstruction is not None:
                 x = a.float()
-                sums = torch.stack(((x - decoded).pow(2).sum(-1), x.pow(2).sum(-1)), -1)
+                errors = torch.linalg.vector_norm(x - decoded, dim=-1).square_()  # one fused reduction each
+                sums = torch.stack((errors, torch.linalg.vector_norm(x, dim=-1).square_()), -1)
                 per_position.setdefault(h, torch.zeros((n_rows * ctx, 2)))[span] = sums.cpu()
             for name, tensor in ((h, encoded.values), (scale_name(h), encoded.scale)):
                 if tensor is None:
