@@ -202,7 +202,7 @@ run_step train 70 "$PY" benchmarks/train_throughput.py "${TRAIN_ARGS[@]}"
 run_step data-path 45 "$PY" benchmarks/data_path.py --device "$DEVICE" --latents 16384 --steps 20
 run_step sparse-topk 45 "$PY" benchmarks/sparse_topk.py --budget 30
 run_step compressed 60 "$PY" benchmarks/compressed_store.py --small --device "$DEVICE"
-run_step on-the-fly 60 "$PY" benchmarks/on_the_fly.py --small --device "$DEVICE"
+run_step on-the-fly 90 "$PY" benchmarks/on_the_fly.py --small --rounds 1 --device "$DEVICE"
 
 if ((${#FAILED[@]})); then
     echo "OVERALL status=failed failed_steps=$(IFS=,; echo "${FAILED[*]}") seconds=$((SECONDS - START))" | tee -a "$SUMMARY"
