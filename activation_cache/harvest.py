@@ -13,6 +13,7 @@ import contextlib
 import copy
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from importlib.metadata import PackageNotFoundError, version
@@ -280,19 +281,32 @@ def _report(progress: bool, message: str) -> None:
         tqdm.write(message)
 
 
-def _packed_rows(config: HarvestConfig, model: LanguageModel, start: PackerState, stream: int, streams: int):
-    """Rows of one stream: the documents whose index is ``stream`` modulo ``streams``."""
-    documents = iter_documents(config.corpus, start=start.doc)
-    if streams > 1:
-        documents = ((i, text) for i, text in documents if i % streams == stream)
+def model_rows(
+    model: LanguageModel,
+    corpus: CorpusSpec,
+    context_length: int,
+    start: PackerState,
+    keep: Callable[[int], bool] | None = None,
+):
+    """Packed rows of the corpus's documents that `keep` accepts (all when None), from `start`:
+    what the harvest stores and what training on the fly streams."""
+    documents = iter_documents(corpus, start=start.doc)
+    if keep is not None:
+        documents = ((i, text) for i, text in documents if keep(i))
     return pack_rows(
         documents,
         model.tokenize,
-        context_length=config.context_length,
+        context_length=context_length,
         bos_id=model.bos_token_id,
         pad_id=model.pad_token_id,
         start=start,
     )
+
+
+def _packed_rows(config: HarvestConfig, model: LanguageModel, start: PackerState, stream: int, streams: int):
+    """Rows of one stream: the documents whose index is ``stream`` modulo ``streams``."""
+    keep = (lambda i: i % streams == stream) if streams > 1 else None
+    return model_rows(model, config.corpus, config.context_length, start, keep)
 
 
 def _repair(

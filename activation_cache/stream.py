@@ -33,10 +33,10 @@ import torch
 
 from interp_sae.errors import ConfigError
 
-from .corpus import CorpusSpec, iter_documents
-from .harvest import _forward
+from .corpus import CorpusSpec
+from .harvest import _forward, model_rows
 from .models import LanguageModel
-from .packing import pack_rows
+from .packing import pack_blocks, prefetched
 from .reader import Split
 from .store_format import PackerState
 
@@ -61,15 +61,7 @@ class StreamPlan:
 
 def packed_rows(lm: LanguageModel, plan: StreamPlan, start: PackerState = PackerState()):
     """Rows (token ids, doc ids, doc positions, state after) of the plan's documents, from `start`."""
-    documents = ((i, text) for i, text in iter_documents(plan.corpus, start=start.doc) if plan.keeps(i))
-    return pack_rows(
-        documents,
-        lm.tokenize,
-        context_length=plan.context_length,
-        bos_id=lm.bos_token_id,
-        pad_id=lm.pad_token_id,
-        start=start,
-    )
+    return model_rows(lm, plan.corpus, plan.context_length, start, plan.keeps)
 
 
 def count_document_tokens(lm: LanguageModel, plan: StreamPlan, limit: int) -> tuple[int, bool]:
@@ -98,21 +90,18 @@ def forward_blocks(
     lm: LanguageModel, plan: StreamPlan, rows_per_pass: int, stop: int | None, start: PackerState = PackerState()
 ) -> Iterator[RowBlock]:
     """The plan's rows, `rows_per_pass` at a time, with the vectors of their document tokens."""
-    rows = packed_rows(lm, plan, start)
-    while True:
-        chunk = [row for _, row in zip(range(rows_per_pass), rows)]
-        if not chunk:
-            return
-        token_ids = torch.from_numpy(np.stack([r[0] for r in chunk])).long()
-        doc_ids = torch.from_numpy(np.stack([r[1] for r in chunk]))
+    # Tokenising and packing the next rows overlap this pass, as in the harvest.
+    for block in prefetched(pack_blocks(packed_rows(lm, plan, start), rows_per_pass)):
+        token_ids = torch.from_numpy(block.token_ids).long()
+        doc_ids = torch.from_numpy(block.doc_ids)
         on_documents = (doc_ids >= 0).view(-1).to(lm.device)
         acts = _forward(lm, token_ids.to(lm.device), plan.hooks, stop)
         yield RowBlock(
             token_ids=token_ids,
             doc_ids=doc_ids,
-            doc_positions=torch.from_numpy(np.stack([r[2] for r in chunk])),
+            doc_positions=torch.from_numpy(block.doc_positions),
             vectors={h: a.reshape(-1, a.shape[-1])[on_documents] for h, a in acts.items()},
-            end_state=chunk[-1][3],
+            end_state=block.end_state,
         )
 
 
