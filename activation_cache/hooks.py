@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Iterable
 
@@ -35,8 +36,11 @@ def validate_hooks(hooks: Iterable[str], available: Iterable[str], n_layers: int
                 f"(blocks.0 … blocks.{n_layers - 1})"
             )
         if name not in available:
+            near = difflib.get_close_matches(name, available, n=1, cutoff=0.8)
             raise HookError(
-                f"unknown hook {name!r}. Hooks of block 0 (the same exist for every block):\n  "
+                f"unknown hook {name!r}"
+                + (f" (did you mean {near[0]!r}?)" if near else "")
+                + ". Hooks of block 0 (the same exist for every block):\n  "
                 + "\n  ".join(sorted(h for h in available if h.startswith("blocks.0.")))
                 + "\nOutside the blocks:\n  "
                 + "\n  ".join(sorted(h for h in available if hook_layer(h) is None))

@@ -175,6 +175,8 @@ def test_other_settings_into_the_same_folder_are_refused(tmp_path, tiny_lm, text
 def test_unknown_hooks_and_layers_are_named_with_the_valid_choices(tmp_path, tiny_lm, text_corpus):
     with pytest.raises(HookError, match=r"(?s)unknown hook 'blocks\.0\.hook_resid_pots'.*blocks\.0\.hook_resid_post"):
         harvest(config(tmp_path, text_corpus, hooks=["blocks.0.hook_resid_pots"]), model=tiny_lm, progress=False)
+    with pytest.raises(HookError, match=r"\(did you mean 'blocks\.0\.hook_resid_post'\?\)"):
+        harvest(config(tmp_path, text_corpus, hooks=["blocks.0.hook_resid_pots"]), model=tiny_lm, progress=False)
     with pytest.raises(HookError, match=r"layer 7 is out of range, the model has 3 layers \(blocks\.0 … blocks\.2\)"):
         harvest(config(tmp_path, text_corpus, hooks=["blocks.7.hook_resid_post"]), model=tiny_lm, progress=False)
 
