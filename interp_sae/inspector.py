@@ -96,8 +96,11 @@ def inspect(
         sample_k=3 * config.quantile_examples,
     )
     tokenizer = store.tokenizer()
-    contexts = top_contexts(store, dictionary, hook, stats.top_indices, config.window, tokenizer)
-    sampled = top_contexts(store, dictionary, hook, stats.sample_indices, config.window, tokenizer)
+    # Top and sampled examples in one pass, so each shard is read once.
+    wanted = [top + sample for top, sample in zip(stats.top_indices, stats.sample_indices)]
+    both = top_contexts(store, dictionary, hook, wanted, config.window, tokenizer)
+    contexts = [found[: len(top)] for found, top in zip(both, stats.top_indices)]
+    sampled = [found[len(top) :] for found, top in zip(both, stats.top_indices)]
     features = [_feature_record(stats, j, contexts[j]) for j in range(dictionary.config.n_latents)]
     for record, examples in zip(features, sampled):
         record["activation_quantiles"] = quantile_sections(examples, stats.rank_by, config.quantile_examples)
