@@ -26,12 +26,14 @@ Everything stays on the device: no host synchronisation per step.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import nn
 
 from dictionaries.base import Dictionary, DictionaryConfig, SAELensExport, fold_linear_sae
 from dictionaries.sae import topk_activations
+from dictionaries.sparse_topk import fired_latents, sparse_decode, topk_encode_with_aux
 from interp_sae.errors import ConfigError
 
 
@@ -46,8 +48,14 @@ def auxk_loss(
     """
     dead_pre = pre.masked_fill(~dead, float("-inf"))  # ReLU(-inf) = 0: live latents never take part
     aux_f = topk_activations(dead_pre, min(aux_k, pre.shape[-1]))
+    return normalised_aux_mse(residual, aux_f @ decoder_weight.T, dead)
+
+
+def normalised_aux_mse(residual: torch.Tensor, e_hat: torch.Tensor, dead: torch.Tensor) -> torch.Tensor:
+    """Σ_b ‖e_b − ê_b‖² / Σ_b ‖e_b − ē‖² for the residual e [B, d] (detached here) and the dead
+    latents' reconstruction of it ê [B, d]; exactly 0 when no latent is `dead` [κ] or e has no spread."""
     e = residual.detach().float()
-    e_hat = (aux_f @ decoder_weight.T).float()
+    e_hat = e_hat.float()
     numerator = (e - e_hat).pow(2).sum()
     denominator = (e - e.mean(dim=0, keepdim=True)).pow(2).sum()
     loss = numerator / denominator.clamp(min=torch.finfo(torch.float32).tiny)
@@ -62,10 +70,24 @@ def data_variance(xn: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def record_firing(tokens_since_fired: torch.Tensor, f: torch.Tensor) -> None:
-    """Advance each latent's count of tokens since it last fired by the batch size, and reset the
-    latents that fired (are non-zero) on some vector of the code `f` [B, κ]."""
-    tokens_since_fired.add_(f.shape[0]).masked_fill_((f != 0).any(dim=0), 0)
+def record_firing(tokens_since_fired: torch.Tensor, fired: torch.Tensor, tokens: int) -> None:
+    """Advance each latent's count of tokens since it last fired by the batch's `tokens`, and reset
+    the latents that `fired` [κ] (bool: non-zero on some vector of the batch)."""
+    tokens_since_fired.add_(tokens).masked_fill_(fired, 0)
+
+
+class SparseTrainingCode(NamedTuple):
+    """A batch's code through the sparse path (`dictionaries.sparse_topk`), with its AuxK part."""
+
+    values: torch.Tensor
+    """[B, k] (or [B, M] for a batch top-k) activations, zeros in unused slots."""
+    indices: torch.Tensor
+    """[B, k] latent of each slot."""
+    aux_values: torch.Tensor
+    """[B, aux_k] the dead latents' top pre-activations (ReLU); [B, 0] when none can be dead."""
+    aux_indices: torch.Tensor
+    dead: torch.Tensor
+    """[κ] bool: dead after this batch."""
 
 
 INIT_SCALE_VECTORS = 4096
@@ -152,14 +174,43 @@ class AuxKSAE(Dictionary):
         return self.encoder(xn - self.decoder.bias)
 
     def _aux_loss(self, pre: torch.Tensor, xn: torch.Tensor, x_hat: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
-        """Update the firing counters from the batch's code `f` (training only), then the weighted
-        AuxK term on the latents that are still dead."""
+        """Update the firing counters from the batch's dense code `f` (training only), then the
+        weighted AuxK term on the latents that are still dead."""
         cfg = self.config
         if self.training:
-            record_firing(self.tokens_since_fired, f)
+            record_firing(self.tokens_since_fired, (f != 0).any(dim=0), f.shape[0])
         dead = self.tokens_since_fired >= cfg.dead_after_tokens
         normalised = auxk_loss(pre, xn.float() - x_hat.float(), self.decoder.weight, dead, cfg.aux_k)
         return cfg.aux_coefficient * data_variance(xn) * normalised
+
+    def _sparse_training_code(self, xn: torch.Tensor, k: int, over_batch: bool = False) -> SparseTrainingCode:
+        """The code of x − b_dec through the sparse path (k per vector, or k·B over the batch), with
+        the AuxK candidates, and the firing counters advanced (training only). The same code, dead
+        set and counters as the dense `_aux_loss` path; one host synchronisation to skip AuxK when
+        no latent can be dead."""
+        cfg = self.config
+        tokens = xn.shape[0] if self.training else 0
+        maybe_dead = self.tokens_since_fired + tokens >= cfg.dead_after_tokens  # unless they fire now
+        aux_mask = maybe_dead if cfg.aux_coefficient > 0 and bool(maybe_dead.any()) else None
+        values, indices, aux_values, aux_indices = topk_encode_with_aux(
+            xn - self.decoder.bias,
+            self.encoder.weight,
+            self.encoder.bias,
+            k,
+            aux_mask,
+            cfg.aux_k,
+            over_batch=over_batch,
+        )
+        fired = fired_latents(values, indices, cfg.n_latents)
+        if self.training:
+            record_firing(self.tokens_since_fired, fired, tokens)
+        return SparseTrainingCode(values, indices, aux_values, aux_indices, maybe_dead & ~fired)
+
+    def _sparse_aux_loss(self, xn: torch.Tensor, x_hat: torch.Tensor, code: SparseTrainingCode) -> torch.Tensor:
+        """The weighted AuxK term from a sparse training code (as `_aux_loss` computes it densely)."""
+        e_hat = sparse_decode(code.aux_values, code.aux_indices, self.decoder.weight)
+        normalised = normalised_aux_mse(xn.float() - x_hat.float(), e_hat, code.dead)
+        return self.config.aux_coefficient * data_variance(xn) * normalised
 
     def _jumprelu_export(self, threshold: torch.Tensor) -> SAELensExport:
         """SAELens "jumprelu" with apply_b_dec_to_input: f = relu(pre)·(pre > threshold), pre in our

@@ -24,6 +24,7 @@ import torch
 from dictionaries.base import LossTerms, squared_error
 from dictionaries.batchtopk import BatchTopK, BatchTopKConfig
 from dictionaries.registry import register
+from dictionaries.sparse_topk import sparse_decode
 from interp_sae.errors import ConfigError
 
 
@@ -61,25 +62,25 @@ class Matryoshka(BatchTopK):
     config_class = MatryoshkaConfig
     config: MatryoshkaConfig
 
-    def prefix_reconstructions(self, f: torch.Tensor) -> list[torch.Tensor]:
-        """x̂_m for every prefix m (normalised units) from a code `f` [B, κ], each decoded from f's
-        first m latents plus b_dec; the last is the full decode. Costs one full decode in all."""
-        widths = [end - start for start, end in zip([0, *self.config.prefixes], self.config.prefixes)]
-        # torch.split, not slicing: its backward concatenates the groups' gradients into one [B, κ]
-        # tensor, where each slice's backward would allocate and add a zero-filled one.
-        partial, reconstructions = self.decoder.bias, []
-        for group, weight in zip(f.split(widths, dim=1), self.decoder.weight.split(widths, dim=1)):
-            partial = partial + group @ weight.T
+    def prefix_reconstructions(self, values: torch.Tensor, indices: torch.Tensor) -> list[torch.Tensor]:
+        """x̂_m for every prefix m (normalised units) from a sparse code (values, indices) [B, M],
+        each decoded from the code's latents below m plus b_dec; the last is the full decode. One
+        sparse decode per prefix group, each adding that group's latents to the previous prefix."""
+        partial, reconstructions, start = self.decoder.bias, [], 0
+        for end in self.config.prefixes:
+            in_group = (indices >= start) & (indices < end)
+            partial = partial + sparse_decode(values * in_group, indices, self.decoder.weight)
             reconstructions.append(partial)
+            start = end
         return reconstructions
 
     def _loss(self, xn: torch.Tensor, generator: torch.Generator | None) -> LossTerms:
-        pre, f = self._code(xn)
-        reconstructions = self.prefix_reconstructions(f)
+        code = self._training_code(xn)
+        reconstructions = self.prefix_reconstructions(code.values, code.indices)
         terms: LossTerms = {
             f"recon_prefix_{m}": squared_error(xn, x_hat).mean()
             for m, x_hat in zip(self.config.prefixes[:-1], reconstructions[:-1])
         }
         terms["recon"] = squared_error(xn, reconstructions[-1]).mean()
-        terms["aux"] = self._aux_loss(pre, xn, reconstructions[-1], f)
+        terms["aux"] = self._sparse_aux_loss(xn, reconstructions[-1], code)
         return terms

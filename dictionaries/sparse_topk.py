@@ -27,8 +27,11 @@ Precision: under `torch.autocast` the encoder's matrix product runs in the autoc
 nn.Linear would; everything sparse (the decoder and all backward passes) runs in the weights'
 dtype, since it is cheap. Plain PyTorch, on any device.
 
-`topk_encode_with_aux` also returns the top `aux_k` of the masked pre-activations (TopKAux's
-dead-latent auxiliary loss) from the same dense product, with gradients through both sets.
+`topk_encode_with_aux` also returns the top `aux_k` of the masked pre-activations (the AuxK
+dead-latent loss of topk_aux, BatchTopK and Matryoshka) from the same dense product, with
+gradients through both sets. With `over_batch=True` the code keeps the k·B largest activations of
+the whole batch (BatchTopK) instead of k per vector (`batch_topk`): each row then holds as many
+slots as the row that keeps the most, with zeros in the slots a row does not use.
 """
 
 from __future__ import annotations
@@ -130,8 +133,9 @@ def _compute_dtype(device: torch.device, dtype: torch.dtype) -> torch.dtype:
 
 # --- encoder ---------------------------------------------------------------------------------------
 class _TopKEncode(torch.autograd.Function):
-    """(x, W_enc, b_enc) → top-k of ReLU(x W_encᵀ + b_enc) as (values, indices), and optionally the
-    top aux_k of the pre-activations where aux_mask is true, as (aux_values, aux_indices)."""
+    """(x, W_enc, b_enc) → top-k of ReLU(x W_encᵀ + b_enc) as (values, indices) (per vector, or k·B
+    over the batch), and optionally the top aux_k of the pre-activations of the latents in aux_mask
+    that did not fire, as (aux_values, aux_indices)."""
 
     @staticmethod
     def forward(
@@ -142,6 +146,7 @@ class _TopKEncode(torch.autograd.Function):
         k: int,
         aux_mask: torch.Tensor | None,
         aux_k: int,
+        over_batch: bool,
         compute_dtype: torch.dtype,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         with torch.autocast(x.device.type, enabled=False):
@@ -150,10 +155,12 @@ class _TopKEncode(torch.autograd.Function):
             pre = xc @ w.t() if bias is None else torch.addmm(bias.to(compute_dtype), xc, w.t())
             # top-k of pre, then ReLU: the same codes as top-k of ReLU(pre) (where fewer than k are
             # positive, both fill with zeros, only the indices of those zeros differ).
-            values, indices = pre.topk(k, dim=-1)
+            values, indices = batch_topk(pre, k) if over_batch else pre.topk(k, dim=-1)
             values.clamp_(min=0)
             if aux_mask is not None and aux_k > 0:
-                aux_values, aux_indices = pre.masked_fill_(~aux_mask, float("-inf")).topk(aux_k, dim=-1)
+                # Dead after this batch: the candidates that did not fire in it.
+                dead = aux_mask & ~fired_latents(values, indices, pre.shape[1])
+                aux_values, aux_indices = pre.masked_fill_(~dead, float("-inf")).topk(aux_k, dim=-1)
                 aux_values.clamp_(min=0)
             else:
                 aux_values = values.new_empty(values.shape[0], 0)
@@ -193,7 +200,7 @@ class _TopKEncode(torch.autograd.Function):
                 if plan is not None and need_b:
                     ones = torch.ones(x.shape[0], 1, dtype=weight.dtype, device=weight.device)
                     grad_b = segment_sum(plan, g, ones)[:, 0]
-        return grad_x, grad_w, grad_b, None, None, None, None
+        return grad_x, grad_w, grad_b, None, None, None, None, None
 
 
 def _flatten(x: torch.Tensor) -> torch.Tensor:
@@ -223,13 +230,19 @@ def topk_encode_with_aux(
     k: int,
     aux_mask: torch.Tensor | None = None,
     aux_k: int = 0,
+    *,
+    over_batch: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """`topk_encode`, plus the top `aux_k` of ReLU(pre) among the latents where `aux_mask` [κ]
-    (bool) is true, from the same pre-activations: (values, indices, aux_values, aux_indices).
+    """`topk_encode`, plus the top `aux_k` of ReLU(pre) among the latents that are dead after this
+    batch, from the same pre-activations: (values, indices, aux_values, aux_indices).
 
-    The auxiliary values equal `topk_activations(pre.masked_fill(~aux_mask, -inf), aux_k)` at
-    aux_indices (zeros where fewer than aux_k masked latents are positive). aux_k is clipped to κ;
+    `aux_mask` [κ] (bool) marks the latents that are dead unless they fire in this batch; those
+    that fire (a positive value in any vector's code) are left out. With dead = aux_mask and not
+    fired, the auxiliary values equal `topk_activations(pre.masked_fill(~dead, -inf), aux_k)` at
+    aux_indices (zeros where fewer than aux_k dead latents are positive). aux_k is clipped to κ;
     without a mask (or aux_k = 0) the auxiliary outputs are empty [..., 0].
+    over_batch: keep the k·B largest activations of the batch (`batch_topk`, x must be [B, d]) instead
+    of k per vector; values and indices are then [B, M], M the most any vector keeps.
     """
     n_latents, d = weight.shape
     if x.shape[-1] != d:
@@ -243,7 +256,7 @@ def topk_encode_with_aux(
         aux_mask = aux_mask.to(device=x.device, dtype=torch.bool)
     lead = x.shape[:-1]
     compute_dtype = _compute_dtype(x.device, torch.promote_types(x.dtype, weight.dtype))
-    outputs = _TopKEncode.apply(_flatten(x), weight, bias, k, aux_mask, aux_k, compute_dtype)
+    outputs = _TopKEncode.apply(_flatten(x), weight, bias, k, aux_mask, aux_k, over_batch, compute_dtype)
     values, indices, aux_values, aux_indices = (t.reshape(*lead, t.shape[-1]) for t in outputs)
     return values, indices, aux_values, aux_indices
 
@@ -307,6 +320,36 @@ def sparse_decode(
 
 
 # --- helpers -------------------------------------------------------------------------------------
+BATCH_TOPK_CANDIDATES = 4
+"""`batch_topk` first offers each vector's 4·k largest pre-activations (doubled while not enough)."""
+
+
+def batch_topk(pre: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k·B largest entries of pre [B, κ] over the whole batch, as per-row (values [B, M],
+    indices [B, M]): M is the most slots any row keeps, and a row's slots past its own count hold
+    value 0. Values are pre's (not clamped), in descending order within a row.
+
+    Instead of one top-k·B over all B·κ entries (a large selection that dominated the step), each
+    row offers its c·k largest as candidates (c = BATCH_TOPK_CANDIDATES) and the top k·B is taken
+    among those. That is exact unless some row had all its candidates kept (then a value it did not
+    offer might rank too): c doubles until no row is full, or every entry is a candidate. One host
+    synchronisation per call, to read M.
+    """
+    rows, n_latents = pre.shape
+    width = min(n_latents, BATCH_TOPK_CANDIDATES * k)
+    slots = torch.arange(1, n_latents + 1, device=pre.device)
+    while True:
+        values, indices = pre.topk(width, dim=-1)  # sorted: a row keeps a prefix of its candidates
+        chosen = values.flatten().topk(k * rows, sorted=False).indices
+        kept = torch.zeros(rows * width, dtype=torch.bool, device=pre.device).index_fill_(0, chosen, True)
+        kept = kept.view(rows, width)
+        used = int((kept * slots[:width]).amax())  # the last kept slot of any row, 1-based
+        if used < width or width == n_latents:
+            break
+        width = min(n_latents, 2 * width)
+    return values[:, :used].masked_fill(~kept[:, :used], 0), indices[:, :used]
+
+
 def dense_from_sparse(values: torch.Tensor, indices: torch.Tensor, n_latents: int) -> torch.Tensor:
     """The dense codes [..., κ]: values scattered to their indices, zeros elsewhere (differentiable)."""
     out = values.new_zeros(*values.shape[:-1], n_latents)

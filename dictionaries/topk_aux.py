@@ -8,6 +8,10 @@ kept apart from the paper-faithful `sae_topk`:
   reconstruct the residual e = x − x̂ (detached) with their top `aux_k` activations, so they get
   gradient again.
 
+Training runs through the sparse TopK path (`dictionaries.sparse_topk`): the decoder and both
+backward passes touch only the k active latents of each vector (and the AuxK ones, when some
+latent is dead). Inference (`encode`) is the dense computation, with the same codes.
+
 Loss terms, over a batch of B vectors (normalised units):
 
     recon = (1/B) Σ_b ‖x_b − x̂_b‖²
@@ -45,6 +49,7 @@ from dictionaries.auxk import AuxKConfig, AuxKSAE
 from dictionaries.base import LossTerms, SAELensExport, fold_linear_sae, squared_error
 from dictionaries.registry import register
 from dictionaries.sae import topk_activations
+from dictionaries.sparse_topk import sparse_decode
 from interp_sae.errors import ConfigError
 
 
@@ -70,10 +75,9 @@ class TopKAux(AuxKSAE):
         return topk_activations(self._pre_activations(xn), self.config.k)
 
     def _loss(self, xn: torch.Tensor, generator: torch.Generator | None) -> LossTerms:
-        pre = self._pre_activations(xn)
-        f = topk_activations(pre, self.config.k)
-        x_hat = self.decoder(f)
-        return {"recon": squared_error(xn, x_hat).mean(), "aux": self._aux_loss(pre, xn, x_hat, f)}
+        code = self._sparse_training_code(xn, self.config.k)
+        x_hat = sparse_decode(code.values, code.indices, self.decoder.weight, self.decoder.bias)
+        return {"recon": squared_error(xn, x_hat).mean(), "aux": self._sparse_aux_loss(xn, x_hat, code)}
 
     def saelens_export(self) -> SAELensExport:
         """SAELens "topk" with apply_b_dec_to_input: it encodes x − b_dec, as this recipe does."""

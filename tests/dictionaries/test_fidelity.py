@@ -152,8 +152,7 @@ def test_topk_aux_term_is_zero_without_dead_latents():
     model = topk_aux_model()
     terms = model.loss(torch.tensor(X))
     assert terms["aux"].item() == 0.0
-    terms["aux"].backward()
-    assert all(p.grad is None or not p.grad.any() for p in model.parameters())
+    assert not terms["aux"].requires_grad  # no latent can be dead: the sparse path skips AuxK
 
 
 # --- 5. synthetic benchmark: the authors' AD and one-sample AD–RE ---------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import re
@@ -11,7 +12,7 @@ import torch
 
 import dictionaries as D
 from dictionaries.auxk import auxk_loss
-from dictionaries.batchtopk import batch_topk
+from dictionaries.sparse_topk import batch_topk, dense_from_sparse
 from interp_sae.errors import ConfigError
 
 d, KAPPA, K = 16, 64, 4
@@ -100,9 +101,23 @@ def test_batchtopk_inference_needs_no_batch_and_keeps_about_k(name):
 
 def test_batch_topk_keeps_k_per_vector_on_average_over_the_batch():
     pre = torch.tensor([[5.0, 4.0, 3.0, -1.0], [0.5, 0.1, 2.0, 0.2]])
-    f, kept = batch_topk(pre, 2)
-    assert torch.equal(f, torch.tensor([[5.0, 4.0, 3.0, 0.0], [0.0, 0.0, 2.0, 0.0]]))
-    assert sorted(kept.tolist()) == [2.0, 3.0, 4.0, 5.0]
+    values, indices = batch_topk(pre, 2)
+    assert values.shape == (2, 3)  # the first row keeps 3, the second 1 (its other slots are zeros)
+    assert torch.equal(values, torch.tensor([[5.0, 4.0, 3.0], [2.0, 0.0, 0.0]]))
+    assert torch.equal(dense_from_sparse(values, indices, 4), torch.tensor([[5.0, 4.0, 3.0, 0.0], [0.0, 0.0, 2.0, 0.0]]))
+
+
+@pytest.mark.parametrize(("rows", "n_latents", "k", "seed"), [(64, 96, 3, 0), (7, 40, 5, 1), (16, 8, 8, 2)])
+def test_batch_topk_equals_the_top_k_times_b_of_the_whole_batch(rows, n_latents, k, seed):
+    g = torch.Generator().manual_seed(seed)
+    pre = torch.randn(rows, n_latents, generator=g)
+    pre[0] += 10.0  # one row outranks the rest: it keeps all its candidates, so they must widen
+    values, indices = batch_topk(pre, k)
+    flat = pre.flatten()
+    dense = torch.zeros_like(flat).scatter(0, flat.topk(k * rows).indices, 1.0).view_as(pre) * pre
+    assert values.shape[1] > min(n_latents, 4 * k) or values.shape[1] == n_latents
+    assert int((values != 0).sum()) == k * rows
+    torch.testing.assert_close(dense_from_sparse(values, indices, n_latents), dense, rtol=0, atol=0)
 
 
 def test_batchtopk_threshold_is_a_moving_average_of_the_smallest_kept_activation():
@@ -177,7 +192,7 @@ def test_matryoshka_loss_is_the_sum_of_the_prefix_losses():
 
     with torch.no_grad():
         pre = (x - model.decoder.bias) @ model.encoder.weight.T + model.encoder.bias
-        f, _ = batch_topk(pre, 2)  # chosen once, over the whole dictionary
+        f = dense_from_sparse(*batch_topk(pre, 2), 4).clamp(min=0)  # chosen once, over the whole dictionary
         W, b = model.decoder.weight, model.decoder.bias
         by_hand = {m: ((x - (f[:, :m] @ W[:, :m].T + b)) ** 2).sum(-1).mean() for m in (1, 3, 4)}
     assert list(terms) == ["recon_prefix_1", "recon_prefix_3", "recon", "aux"]
@@ -336,3 +351,51 @@ def test_dense_at_first_dictionaries_start_reconstructing_at_the_data_scale(name
         reconstructed = (model.decode(model.encode(x)) - model.decoder.bias).norm(dim=-1).mean()
     assert float(reconstructed / centred) == pytest.approx(1.0, rel=0.05)
     torch.testing.assert_close(model.decoder.bias, x.mean(0))
+
+
+@pytest.mark.parametrize("name", ["topk_aux", "batchtopk", "matryoshka"])
+def test_sparse_training_step_equals_the_dense_computation(name):
+    """The TopK family trains through the sparse path: the same loss terms, gradients, firing
+    counters and θ as the dense definition, with some latents dead (AuxK active)."""
+    fields = {"k": K, "dead_after_tokens": 64, "aux_k": 6}
+    if name == "matryoshka":
+        fields["prefixes"] = [8, 32]
+    model = D.create(D.make_config(name, d=d, n_latents=KAPPA, **fields), seed=0)
+    x = sparse_data(64)
+    model.prepare(x)
+    model.train()
+    model.loss(x[:32])  # 32 tokens: a latent silent in this batch and the next one is dead after it
+    reference = copy.deepcopy(model)
+
+    terms = model.loss(x[32:])
+    grads = torch.autograd.grad(sum(terms.values()), list(model.parameters()))
+
+    m, xb = reference, x[32:]
+    pre = m.encoder(xb - m.decoder.bias)
+    if name == "topk_aux":
+        f = torch.relu(pre).topk(K, dim=-1)
+        f = torch.zeros_like(pre).scatter(-1, f.indices, f.values)
+    else:
+        flat = torch.relu(pre).flatten()
+        top = flat.topk(K * xb.shape[0])
+        f = torch.zeros_like(flat).scatter(0, top.indices, top.values).view_as(pre)
+        beta = m.config.threshold_beta
+        expected_threshold = beta * m.threshold + (1 - beta) * top.values[top.values > 0].min()
+    fired = (f != 0).any(dim=0)
+    dead = (m.tokens_since_fired + 32 >= 64) & ~fired
+    assert bool(dead.any())
+    prefixes = m.config.prefixes if name == "matryoshka" else [KAPPA]
+    W, b = m.decoder.weight, m.decoder.bias
+    reconstructions = [f[:, :p] @ W[:, :p].T + b for p in prefixes]
+    expected = {f"recon_prefix_{p}": ((xb - r) ** 2).sum(-1).mean() for p, r in zip(prefixes[:-1], reconstructions)}
+    expected["recon"] = ((xb - reconstructions[-1]) ** 2).sum(-1).mean()
+    variance = ((xb - xb.mean(0)) ** 2).sum(-1).mean()
+    expected["aux"] = m.config.aux_coefficient * variance * auxk_loss(pre, xb - reconstructions[-1], W, dead, 6)
+    assert list(terms) == list(expected)
+    for key in expected:
+        torch.testing.assert_close(terms[key], expected[key])
+    for got, want in zip(grads, torch.autograd.grad(sum(expected.values()), list(m.parameters()))):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    assert torch.equal(model.tokens_since_fired, torch.where(fired, 0, m.tokens_since_fired + 32))
+    if name != "topk_aux":
+        torch.testing.assert_close(model.threshold, expected_threshold)
