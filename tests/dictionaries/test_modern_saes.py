@@ -104,7 +104,9 @@ def test_batch_topk_keeps_k_per_vector_on_average_over_the_batch():
     values, indices = batch_topk(pre, 2)
     assert values.shape == (2, 3)  # the first row keeps 3, the second 1 (its other slots are zeros)
     assert torch.equal(values, torch.tensor([[5.0, 4.0, 3.0], [2.0, 0.0, 0.0]]))
-    assert torch.equal(dense_from_sparse(values, indices, 4), torch.tensor([[5.0, 4.0, 3.0, 0.0], [0.0, 0.0, 2.0, 0.0]]))
+    assert torch.equal(
+        dense_from_sparse(values, indices, 4), torch.tensor([[5.0, 4.0, 3.0, 0.0], [0.0, 0.0, 2.0, 0.0]])
+    )
 
 
 @pytest.mark.parametrize(("rows", "n_latents", "k", "seed"), [(64, 96, 3, 0), (7, 40, 5, 1), (16, 8, 8, 2)])
