@@ -24,7 +24,7 @@ import torch
 from dictionaries.base import LossTerms, squared_error
 from dictionaries.batchtopk import BatchTopK, BatchTopKConfig
 from dictionaries.registry import register
-from dictionaries.sparse_topk import sparse_decode
+from dictionaries.sparse_topk import sparse_decode, split_slots
 from interp_sae.errors import ConfigError
 
 
@@ -64,14 +64,12 @@ class Matryoshka(BatchTopK):
 
     def prefix_reconstructions(self, values: torch.Tensor, indices: torch.Tensor) -> list[torch.Tensor]:
         """x̂_m for every prefix m (normalised units) from a sparse code (values, indices) [B, M],
-        each decoded from the code's latents below m plus b_dec; the last is the full decode. One
-        sparse decode per prefix group, each adding that group's latents to the previous prefix."""
-        partial, reconstructions, start = self.decoder.bias, [], 0
-        for end in self.config.prefixes:
-            in_group = (indices >= start) & (indices < end)
-            partial = partial + sparse_decode(values * in_group, indices, self.decoder.weight)
+        each decoded from the code's latents below m plus b_dec; the last is the full decode. The
+        slots are split by prefix group, so the groups' sparse decodes cost one full decode in all."""
+        partial, reconstructions = self.decoder.bias, []
+        for group_values, group_indices in split_slots(values, indices, self.config.prefixes):
+            partial = partial + sparse_decode(group_values, group_indices, self.decoder.weight)
             reconstructions.append(partial)
-            start = end
         return reconstructions
 
     def _loss(self, xn: torch.Tensor, generator: torch.Generator | None) -> LossTerms:

@@ -347,7 +347,30 @@ def batch_topk(pre: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         if used < width or width == n_latents:
             break
         width = min(n_latents, 2 * width)
-    return values[:, :used].masked_fill(~kept[:, :used], 0), indices[:, :used]
+    return values[:, :used].masked_fill(~kept[:, :used], 0), indices[:, :used].contiguous()
+
+
+def split_slots(
+    values: torch.Tensor, indices: torch.Tensor, ends: list[int]
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """A sparse code (values, indices) [B, M] split by latent range: for each end e_g (strictly
+    increasing, the last at least κ), the slots whose latent lies in [e_{g−1}, e_g), compacted to
+    [B, M_g] (M_g the most any row has; zeros pad). Slots with value 0 are dropped. Gradients reach
+    `values`. One host synchronisation, to read the widths.
+    """
+    n_groups, width = len(ends), values.shape[1]
+    boundaries = torch.tensor(ends[:-1], dtype=indices.dtype, device=indices.device)
+    group = torch.bucketize(indices, boundaries, right=True).masked_fill_(values == 0, n_groups)
+    group, order = torch.sort(group, dim=1, stable=True)
+    values, indices = values.gather(1, order), indices.gather(1, order)
+    counts = F.one_hot(group, n_groups + 1).sum(1)  # [B, groups + 1]
+    starts = counts.cumsum(1) - counts
+    parts = []
+    for g, group_width in enumerate(counts[:, :n_groups].amax(0).tolist()):
+        slot = torch.arange(group_width, device=values.device)
+        position = (starts[:, g : g + 1] + slot).clamp(max=width - 1)
+        parts.append((values.gather(1, position) * (slot < counts[:, g : g + 1]), indices.gather(1, position)))
+    return parts
 
 
 def dense_from_sparse(values: torch.Tensor, indices: torch.Tensor, n_latents: int) -> torch.Tensor:

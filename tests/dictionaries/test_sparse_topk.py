@@ -16,6 +16,7 @@ from dictionaries.sparse_topk import (
     gather_dots,
     scatter_outer,
     sparse_decode,
+    split_slots,
     topk_encode,
     topk_encode_with_aux,
 )
@@ -234,3 +235,17 @@ def test_rejects_bad_arguments():
         topk_encode(torch.randn(2, 5), encoder.weight, encoder.bias, 2)
     with pytest.raises(ValueError, match="shape"):
         sparse_decode(torch.randn(2, 3), torch.zeros(2, 2, dtype=torch.long), decoder.weight)
+
+
+def test_split_slots_groups_a_code_by_latent_range():
+    values = torch.tensor([[5.0, 4.0, 3.0, 0.0], [2.0, 1.0, 0.0, 0.0], [7.0, 6.0, 0.5, 0.25]], requires_grad=True)
+    indices = torch.tensor([[9, 1, 3, 2], [0, 11, 4, 5], [10, 8, 2, 3]])
+    parts = split_slots(values, indices, [4, 8, 12])
+    assert [tuple(v.shape) for v, _ in parts] == [(3, 2), (3, 0), (3, 2)]  # no slot in [4, 8) is non-zero
+    dense = dense_from_sparse(values, indices, 12)
+    for (group_values, group_indices), (start, end) in zip(parts, [(0, 4), (4, 8), (8, 12)]):
+        want = torch.zeros_like(dense)
+        want[:, start:end] = dense[:, start:end]
+        torch.testing.assert_close(dense_from_sparse(group_values, group_indices, 12), want)
+    (grad,) = grads(sum(v.sum() for v, _ in parts), [values])
+    assert torch.equal(grad, (values != 0).float())  # every non-zero slot reaches exactly one group
