@@ -677,7 +677,7 @@ def run_benchmark(args: argparse.Namespace) -> None:
             seed=args.seed,
             device=str(device),
             normalize_input=True,
-            checkpoint_every=0,
+            checkpoint_every=max(1, steps // 5),  # a killed run resumes when run again
             log_every=max(1, steps // 4),
             eval_max_vectors=min(4096, heldout.shape[0]),
             curve_vectors=min(1024, heldout.shape[0]),

@@ -66,7 +66,8 @@ class Matryoshka(BatchTopK):
         """x̂_m for every prefix m (normalised units) from a sparse code (values, indices) [B, M],
         each decoded from the code's latents below m plus b_dec; the last is the full decode. The
         slots are split by prefix group, so the groups' sparse decodes cost one full decode in all."""
-        partial, reconstructions = self.decoder.bias, []
+        partial: torch.Tensor = self.decoder.bias
+        reconstructions: list[torch.Tensor] = []
         for group_values, group_indices in split_slots(values, indices, self.config.prefixes):
             partial = partial + sparse_decode(group_values, group_indices, self.decoder.weight)
             reconstructions.append(partial)
