@@ -1,4 +1,4 @@
-"""Training-step throughput of SAE-ℓ1, TopK (topk_aux, dense path) and VAEase against the machine's matmul peak.
+"""Training-step throughput of SAE-ℓ1, TopK (topk_aux) and VAEase against the machine's matmul peak.
 
     python benchmarks/train_throughput.py [--small]
 
@@ -9,6 +9,10 @@ dense SAE step at ≥ 40% of the bf16 peak at κ = 65536); on a CPU (or with --s
 Peak = the best of a few square matmuls (fp32 and bf16) timed in this run. A step's FLOPs count
 its matmuls only (forward + backward ≈ 3 × forward):
     SAE-ℓ1 forward 2B(dκ + κd);   VAEase forward 2B(2κ·d + κ² + κd)   (encoder, variance head, decoder)
+topk_aux trains through the sparse TopK path, which skips most of those FLOPs: its figure counts the
+dense SAE's, so it is an effective rate (it can pass the peak). The modern architectures are timed
+against topk_aux: BatchTopK and Matryoshka on the same sparse path (with a batch-wide selection and
+more slots per vector), JumpReLU dense.
 fraction of peak = step FLOPs / step time / peak of the same precision. fp32 on a GPU means
 full fp32 (TF32 off), so the peak and the step are measured the same way.
 """
@@ -47,7 +51,7 @@ def matmul_peak(n: int, dtype: torch.dtype, device: torch.device, repeats: int) 
 
 
 def step_flops(arch: str, batch: int, d: int, kappa: int) -> float:
-    linear = arch in ("sae_l1", "topk_aux")  # one encoder and one decoder matmul (TopK's dense path)
+    linear = arch in ("sae_l1", "topk_aux")  # one encoder and one decoder matmul (TopK: the dense equivalent)
     forward = 2 * batch * (2 * d * kappa) if linear else 2 * batch * (2 * kappa * d + kappa**2 + kappa * d)
     return 3 * forward
 
