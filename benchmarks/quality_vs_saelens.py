@@ -65,13 +65,17 @@ Where the comparison can be unfair (read the numbers with these in mind):
 - Short runs hurt the estimated inference thresholds: SAELens's BatchTopK/Matryoshka threshold is an
   EMA that starts at 0 with rate 0.01 (≈30% converged after 35 steps, ≈86% after 200), so its
   inference L0 is far above k (--small: ~170-310, FVU > 1); ours starts at the first batch's value
-  and ends below k (--small: 14/19/25 for k = 16/32/64). Such pairs are flagged (L0 not matched)
-  and left out of worst_fvu_ratio; an unmatched pair is won only by the side with both the lower L0
-  and the lower FVU (`pairs_won`/`pairs_lost`/`pairs_undecided`).
-- JumpReLU: both use a quadratic target-L0 penalty, but ours trains log θ from θ = 0.001 (Adam moves
-  it by ≈ e^lr per step, so θ can grow only ~e^1 in 200 steps at 5e-3) while SAELens trains θ directly
-  from 0.01. In --small neither gets near L0 = k (ours ~400, SAELens ~300 for every k), so the
-  JumpReLU pairs are flagged there.
+  and follows the weights at rate 0.1 (at 0.01 it lagged: k = 64 gave L0 48.5 after 180 steps).
+  Pairs whose L0s differ by more than 5% are flagged (L0 not matched) and left out of
+  worst_fvu_ratio; an unmatched pair is won only by the side with both the lower L0 and the lower
+  FVU (`pairs_won`/`pairs_lost`/`pairs_undecided`).
+- JumpReLU: both use a quadratic target-L0 penalty and train θ directly (ours from 0.001, SAELens's
+  from 0.01), and Adam moves θ by at most about lr per step, while θ must reach about 1.3-1.6 for
+  L0 = 16 here (SmolLM2 layer 15 at mean norm √d). So neither gets near L0 = k in a few hundred steps
+  (--small: ours ~400, SAELens ~300 for every k) and the JumpReLU pairs are flagged. A larger λ
+  does not help (Adam's step does not grow with the gradient), and starting θ at each latent's
+  L0*/κ quantile of the data overshot the other way (L0 fell to ~0.6 of the target, 20% of the
+  latents died, in 90 steps).
 - Recipes differ on purpose (each tool's defaults): SAELens clips gradients at norm 1, does not
   normalise inputs for TopK-family SAEs, initialises b_dec at 0 and the decoder at norm 0.1 with
   rescale_acts_by_decoder_norm; ours normalises inputs, starts b_dec at the data mean and keeps unit-norm
