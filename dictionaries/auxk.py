@@ -20,7 +20,8 @@ would depend on the scale of the data. Deliberate choices:
   is exactly 0 (it has no gradient there anyway; OpenAI's nan_to_num(0) does the same for 0/0);
 - "fired" means a non-zero activation in the batch's code (OpenAI counts values > 1e-3);
 - no sparsify-style down-weighting when fewer than `aux_k` latents are dead.
-Everything stays on the device: no host synchronisation per step.
+The dense path (`_aux_loss`) stays on the device with no host synchronisation; the sparse path
+(`_sparse_training_code`) reads one flag per step to skip AuxK while no latent can be dead.
 """
 
 from __future__ import annotations
