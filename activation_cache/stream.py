@@ -294,7 +294,7 @@ class HookView:
 
     def __init__(self, stream: ActivationStream, hook: str) -> None:
         self.stream, self.hook = stream, hook
-        self.d = stream.widths[hook]
+        self.d, self.batch_size = stream.widths[hook], stream.batch_size
 
     def num_batches(self, epoch: int = 0) -> int:
         return self.stream.num_batches(epoch)

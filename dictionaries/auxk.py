@@ -3,9 +3,10 @@ recipes (BatchTopK, Matryoshka BatchTopK, JumpReLU) share.
 
 AuxK ("Scaling and evaluating sparse autoencoders", Gao et al. 2024, §A.2 and OpenAI's
 `sparse_autoencoder/train.py`): a latent is *dead* when it has not fired for
-`dead_after_tokens` training tokens. Let e = x − x̂ be the main reconstruction's residual
-(detached), and ê = W_dec z_aux the decoder applied (without its bias) to the `aux_k` largest
-ReLU pre-activations among the dead latents, all others zero. Then, over the B vectors of a batch,
+`dead_after_tokens` training tokens (by default 10M, or a 32nd of a shorter run). Let
+e = x − x̂ be the main reconstruction's residual (detached), and ê = W_dec z_aux the decoder
+applied (without its bias) to the `aux_k` largest ReLU pre-activations among the dead latents, all
+others zero. Then, over the B vectors of a batch,
 
     aux = Σ_b ‖e_b − ê_b‖² / Σ_b ‖e_b − ē‖²,     ē = (1/B) Σ_b e_b,
 
@@ -26,6 +27,7 @@ The dense path (`_aux_loss`) stays on the device with no host synchronisation; t
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -91,6 +93,11 @@ class SparseTrainingCode(NamedTuple):
     """[κ] bool: dead after this batch."""
 
 
+DEAD_AFTER_TOKENS_MAX = 10_000_000
+"""Gao et al.'s dead window, the default for runs of at least 32 times as many tokens."""
+DEAD_WINDOW_RUN_FRACTION = 32
+"""In a shorter run a latent is dead after a 32nd of the run's tokens without firing."""
+
 INIT_SCALE_VECTORS = 4096
 """Vectors of the preparation sample that `scale_encoder_to_data` encodes (bounds its memory)."""
 
@@ -118,8 +125,13 @@ class AuxKConfig(DictionaryConfig):
     """Dead latents each vector's auxiliary reconstruction uses (clipped to n_latents); Gao et al.'s 512."""
     aux_coefficient: float = 1 / 32
     """α, Gao et al.'s 1/32; 0 switches AuxK off."""
-    dead_after_tokens: int = 10_000_000
-    """A latent is dead after this many training tokens without firing (Gao et al.'s 10M)."""
+    dead_after_tokens: int | None = None
+    """A latent is dead after this many training tokens without firing. None (the default): Gao et
+    al.'s 10M, or a 32nd of the run's training tokens when that is fewer; the trainer fixes it before
+    the first step and saves it. A 10M window never lets AuxK act in a run shorter than 10M tokens.
+    Measured (Matryoshka, k 64, κ 2048, 202 steps of 4,096 SmolLM2 layer-15 vectors, 827k tokens):
+    latents never active on 30k held-out vectors 19.9% with 10M, 10.5% with 100k, 3.1% with 25k
+    (≈ the run's 32nd), held-out FVU 0.178 in all three."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -127,7 +139,7 @@ class AuxKConfig(DictionaryConfig):
             raise ConfigError(f"{self.architecture}: aux_k must be at least 1, got {self.aux_k}")
         if not self.aux_coefficient >= 0:
             raise ConfigError(f"{self.architecture}: aux_coefficient must be ≥ 0, got {self.aux_coefficient}")
-        if self.dead_after_tokens < 1:
+        if self.dead_after_tokens is not None and self.dead_after_tokens < 1:
             raise ConfigError(
                 f"{self.architecture}: dead_after_tokens must be at least 1, got {self.dead_after_tokens}"
             )
@@ -171,6 +183,17 @@ class AuxKSAE(Dictionary):
     def after_optimizer_step(self) -> None:
         self._normalise_decoder()
 
+    def plan_training(self, run_tokens: int) -> None:
+        """An unset `dead_after_tokens` becomes min(10M, run_tokens / 32) (at least 1)."""
+        if self.config.dead_after_tokens is None:
+            window = max(1, min(DEAD_AFTER_TOKENS_MAX, run_tokens // DEAD_WINDOW_RUN_FRACTION))
+            self.config = dataclasses.replace(self.config, dead_after_tokens=window)
+
+    @property
+    def dead_window(self) -> int:
+        """Training tokens without firing after which a latent is dead (10M while unplanned)."""
+        return self.config.dead_after_tokens or DEAD_AFTER_TOKENS_MAX
+
     def _pre_activations(self, xn: torch.Tensor) -> torch.Tensor:
         return self.encoder(xn - self.decoder.bias)
 
@@ -180,7 +203,7 @@ class AuxKSAE(Dictionary):
         cfg = self.config
         if self.training:
             record_firing(self.tokens_since_fired, (f != 0).any(dim=0), f.shape[0])
-        dead = self.tokens_since_fired >= cfg.dead_after_tokens
+        dead = self.tokens_since_fired >= self.dead_window
         normalised = auxk_loss(pre, xn.float() - x_hat.float(), self.decoder.weight, dead, cfg.aux_k)
         return cfg.aux_coefficient * data_variance(xn) * normalised
 
@@ -191,7 +214,7 @@ class AuxKSAE(Dictionary):
         no latent can be dead."""
         cfg = self.config
         tokens = xn.shape[0] if self.training else 0
-        maybe_dead = self.tokens_since_fired + tokens >= cfg.dead_after_tokens  # unless they fire now
+        maybe_dead = self.tokens_since_fired + tokens >= self.dead_window  # unless they fire now
         aux_mask = maybe_dead if cfg.aux_coefficient > 0 and bool(maybe_dead.any()) else None
         values, indices, aux_values, aux_indices = topk_encode_with_aux(
             xn - self.decoder.bias,

@@ -169,6 +169,11 @@ class Dictionary(nn.Module):
     def after_optimizer_step(self) -> None:
         """Re-impose constraints on the parameters (e.g. unit-norm decoder columns)."""
 
+    def plan_training(self, run_tokens: int) -> None:
+        """Settings that follow the run's length, fixed before the first step: the trainer calls this
+        with the training tokens the run will show this dictionary (per rank), before it records the
+        configs. Nothing by default."""
+
 
 def fold_linear_sae(encoder: nn.Linear, decoder: nn.Linear, input_scale: torch.Tensor) -> dict[str, torch.Tensor]:
     """SAELens's four tensors for a linear encoder and decoder, input scale s folded in.

@@ -19,6 +19,8 @@ class BatchSource(Protocol):
     """A finite, re-playable stream of activation batches.
 
     - `d`: the activation width.
+    - optionally `batch_size`: vectors per batch, from which the trainer knows the run's length in
+      tokens (settings such as AuxK's dead window follow it; without it they keep their defaults).
     - `num_batches(epoch)`: how many batches `batches(epoch)` yields.
     - `batches(epoch, start)`: float tensors [B, d] (any device; the trainer moves them, so
       pinned CPU memory lets the copy overlap). The order must be a deterministic function of

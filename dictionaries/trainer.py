@@ -196,6 +196,10 @@ class _Run:
         }
         self.steps_per_epoch = [train_source.num_batches(e) for e in range(config.epochs)]
         self.total_steps = sum(self.steps_per_epoch)
+        for name, model in self.models.items():  # a source that does not say its batch size: no plan
+            batch_size = getattr(self.train_views[name], "batch_size", None)
+            if batch_size is not None:
+                model.plan_training(self.total_steps * batch_size)
         self.signature = {
             "train": {k: v for k, v in config.to_dict().items() if k in _RESULT_FIELDS},
             "dictionaries": {name: [m.architecture, m.config.to_dict()] for name, m in self.models.items()},

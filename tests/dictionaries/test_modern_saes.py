@@ -338,8 +338,24 @@ def test_they_train_side_by_side_on_the_same_batches(tmp_path):
         assert math.isfinite(metrics["fvu_deterministic"]) and metrics["fvu_deterministic"] < 1.5, name
         back = D.load_dictionary(tmp_path / name)
         assert back.architecture == name
-        assert json.loads((tmp_path / name / "config.json").read_text())["config"] == configs[name].to_dict()
+        planned = configs[name].to_dict()
+        if "dead_after_tokens" in planned:  # unset: a 32nd of the run's 8 × 128 tokens
+            planned["dead_after_tokens"] = 8 * 128 // 32
+        assert json.loads((tmp_path / name / "config.json").read_text())["config"] == planned
     assert float(result.dictionaries["batchtopk"].threshold) > 0
+
+
+@pytest.mark.parametrize(
+    ("fields", "run_tokens", "window"),
+    [({}, 8 * 128, 32), ({}, 10**9, 10_000_000), ({}, 20, 1), ({"dead_after_tokens": 500}, 8 * 128, 500)],
+)
+def test_the_dead_window_follows_the_run_unless_it_is_set(fields, run_tokens, window):
+    config = D.make_config("batchtopk", d=d, n_latents=KAPPA, k=K, **fields)
+    model = D.create(config, seed=0)
+    assert model.dead_window == fields.get("dead_after_tokens", 10_000_000)  # before planning
+    model.plan_training(run_tokens)
+    assert model.config.dead_after_tokens == model.dead_window == window
+    assert config.dead_after_tokens == fields.get("dead_after_tokens")  # the caller's config is left as it was
 
 
 @pytest.mark.parametrize("name", ["jumprelu", "gated"])
