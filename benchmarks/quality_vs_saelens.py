@@ -15,6 +15,18 @@ files of float32 vectors, with the exact order of every training batch: ours rea
 same vectors in the same batches, so both tools see the same tokens, in the same order, with the
 same batch size, the same number of steps and the same learning rate at every step.
 
+Massive activations. A few vectors of this hook are 10-100× longer than the rest: the first
+document token of some rows (position 1, after BOS), 94 of the ~417k train vectors and 12 of the
+~30k held-out ones, norms up to ~17,000 where the median is ~170. Those 12 carry 72% of the
+held-out variance, so an FVU over them mostly measures how 12 tokens are reconstructed (in the
+full run without this filter, 19% of our TopK k = 32's squared error was on them), and in training
+one of them in a batch takes hundreds of a batch top-k's k·B slots (our BatchTopK k = 32, 202
+steps: FVU on the typical held-out vectors 0.255 trained with them, 0.183 without; our TopK 0.187).
+So by default (--max-norm-ratio 3) the vectors longer than 3× the train side's median norm are left
+out of both tools' training and scoring, as BOS is, and the loss-recovered runs leave them
+un-spliced and un-ablated (`loss_recovered(max_norm=...)`). Each row keeps `fvu_with_outliers`, the
+FVU with them, for the record; --max-norm-ratio 0 keeps every vector.
+
 Dictionaries, each tool with its own recommended recipe at the same width:
 - ours (`dictionaries.train`, one run, every dictionary on the same batches): topk_aux, batchtopk,
   matryoshka with k ∈ --ks, and jumprelu with target_l0 = k (the quadratic target-L0 penalty),
@@ -79,8 +91,9 @@ Where the comparison can be unfair (read the numbers with these in mind):
 - Recipes differ on purpose (each tool's defaults): SAELens clips gradients at norm 1, does not
   normalise inputs for TopK-family SAEs, initialises b_dec at 0 and the decoder at norm 0.1 with
   rescale_acts_by_decoder_norm; ours normalises inputs, starts b_dec at the data mean and keeps unit-norm
-  decoder columns. Both AuxK variants stay idle here: their dead windows (SAELens 1000 steps, ours 10M
-  tokens) are longer than the runs.
+  decoder columns. SAELens's AuxK stays idle here (its dead window, 1000 steps, is longer than the
+  runs); ours calls a latent dead after a 32nd of the run's tokens without firing (its default for
+  runs under 320M tokens; 25,856 tokens, about 6 steps, in the full run).
 - Dead fraction is "never active on the held-out vectors": with 4096 of them (--small) rare latents
   count as dead; the same for both tools. Loss recovered on 2 rows (--small) is noise.
 - The corpus is small (~447k tokens of Python docs), so the full run sees its train side twice.
@@ -414,6 +427,28 @@ def harvest_store(args: argparse.Namespace, out: Path) -> Any:
     return ActivationStore(out / "store"), lm
 
 
+def split_by_norm(vectors: Any, cap: float | None) -> tuple[Any, Any]:
+    """(the vectors at most `cap` long, the longer ones), each in their original order; None: all typical."""
+    if cap is None:
+        return vectors, vectors[:0]
+    typical = vectors.norm(dim=-1) <= cap
+    return vectors[typical], vectors[~typical]
+
+
+def norm_cap(train: Any, ratio: float) -> float | None:
+    """`ratio` × the median norm of the train side's vectors; None when ratio is 0 (keep them all)."""
+    return float(ratio * train.norm(dim=-1).median()) if ratio else None
+
+
+def variance_share(typical: Any, outliers: Any) -> float:
+    """The fraction of Σ‖x − x̄‖² over all the vectors that the outliers carry (x̄ over all)."""
+    import torch
+
+    every = torch.cat([typical, outliers])
+    centred = (every - every.mean(dim=0)).pow(2).sum(-1)
+    return float(centred[typical.shape[0] :].sum() / centred.sum())
+
+
 def side_vectors(store: Any, side: str, limit: int) -> Any:
     """The first `limit` vectors (0: all) of one side of the default split, in store order, as float32."""
     import torch
@@ -474,8 +509,19 @@ def saelens_job(args: argparse.Namespace, run: Path, steps_lrs: list[float], sto
     }
 
 
-def evaluate_all(args, run: Path, heldout, store, lm, timings: dict) -> dict[str, dict]:
-    """Every dictionary, ours and imported, scored by the same functions on the same held-out vectors."""
+def fvu_including(model: Any, typical: Any, outliers: Any, batch_size: int) -> float:
+    """Centred FVU of `model` on the typical and the outlier vectors together."""
+    import torch
+
+    every = torch.cat([typical, outliers])
+    with torch.no_grad():
+        error = sum(float((part - model(part)).pow(2).sum()) for part in every.split(batch_size))
+    return error / float((every - every.mean(dim=0)).pow(2).sum())
+
+
+def evaluate_all(args, run: Path, heldout, outliers, cap, store, lm, timings: dict) -> dict[str, dict]:
+    """Every dictionary, ours and imported, scored by the same functions on the same held-out vectors
+    (and, for the record, with the held-out outliers too: `fvu_with_outliers`)."""
     import torch
     from safetensors.torch import load_file
 
@@ -507,6 +553,7 @@ def evaluate_all(args, run: Path, heldout, store, lm, timings: dict) -> dict[str
             "dead": report["dead_fraction"],
             "dense": report["dense_fraction"],
             "loss_recovered": None,
+            "fvu_with_outliers": fvu_including(model, heldout, outliers, args.batch_size),
         }
         if name.startswith("saelens/"):  # SAELens's own inference SAE vs our import of it, same inputs
             check = load_file(run / "saelens" / f"{family}-k{k}.check.safetensors")
@@ -515,7 +562,7 @@ def evaluate_all(args, run: Path, heldout, store, lm, timings: dict) -> dict[str
             row["import_rel_diff"] = float((recon - check["recon"]).abs().max() / check["recon"].abs().max())
             row["saelens_record"] = json.loads((run / "saelens" / f"{family}-k{k}.json").read_text())
         if lm is not None and family in FAMILIES and k in args.loss_ks:
-            scored = loss_recovered(lm, model, store, hook=HOOK, max_rows=args.loss_rows)
+            scored = loss_recovered(lm, model, store, hook=HOOK, max_rows=args.loss_rows, max_norm=cap)
             row["loss_recovered"] = scored["fraction_recovered"]
             row["loss_predictions"] = scored["predictions"]
         rows[name] = row
@@ -571,13 +618,15 @@ def plot_frontier(rows: dict[str, dict], path: Path, title: str) -> None:
 
 
 def print_tables(rows: dict[str, dict], pairs: list[dict]) -> None:
-    print(f"\n{'dictionary':<26}{'arch':>12}{'L0':>9}{'FVU':>9}{'dead':>8}{'dense':>8}{'loss rec.':>11}{'train s':>9}")
+    header = f"{'dictionary':<26}{'arch':>12}{'L0':>9}{'FVU':>9}{'FVU+out':>9}{'dead':>8}{'dense':>8}{'loss rec.':>11}"
+    print(f"\n{header}{'train s':>9}")
     for name, r in rows.items():
         record = r.get("saelens_record") or {}
         loss = f"{r['loss_recovered']:.3f}" if r["loss_recovered"] is not None else "-"
         seconds = f"{record['seconds']:.0f}" if "seconds" in record else "-"
         print(
-            f"{name:<26}{r['architecture']:>12}{r['l0']:>9.2f}{r['fvu']:>9.4f}{r['dead']:>8.3f}{r['dense']:>8.3f}"
+            f"{name:<26}{r['architecture']:>12}{r['l0']:>9.2f}{r['fvu']:>9.4f}{r['fvu_with_outliers']:>9.4f}"
+            f"{r['dead']:>8.3f}{r['dense']:>8.3f}"
             f"{loss:>11}{seconds:>9}"
         )
     print(
@@ -609,6 +658,12 @@ def main() -> None:
     parser.add_argument("--loss-ks", type=int, nargs="+", default=None, help="ks whose pairs get loss recovered")
     parser.add_argument("--lr", type=float, default=5e-3, help="Adam lr of both tools (warm-up, cosine to lr/10)")
     parser.add_argument("--warmup-fraction", type=float, default=0.05)
+    parser.add_argument(
+        "--max-norm-ratio",
+        type=float,
+        default=3.0,
+        help="leave out vectors longer than this × the train side's median norm (massive activations), 0 = none",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--device", default="auto", help="our side and the language model; SAELens uses its venv's torch"
@@ -644,7 +699,10 @@ def run_benchmark(args: argparse.Namespace) -> None:
     from activation_cache import Split
 
     train = side_vectors(store, "train", args.max_train_vectors)
-    heldout = side_vectors(store, "validation", args.heldout_vectors)
+    cap = norm_cap(train, args.max_norm_ratio)
+    train, train_outliers = split_by_norm(train, cap)
+    heldout, outliers = split_by_norm(side_vectors(store, "validation", args.heldout_vectors), cap)
+    outlier_share = variance_share(heldout, outliers)
     epochs = epochs_for(train.shape[0], args.batch_size, args.min_train_tokens)
     order = batch_order(train.shape[0], args.batch_size, epochs, args.seed)
     steps = order.shape[0] // args.batch_size
@@ -654,7 +712,10 @@ def run_benchmark(args: argparse.Namespace) -> None:
         "train": list(train.shape),
         "heldout": list(heldout.shape),
         "epochs": epochs,
-        **{key: getattr(args, key) for key in ("width", "ks", "batch_size", "lr", "warmup_fraction", "seed")},
+        **{
+            key: getattr(args, key)
+            for key in ("width", "ks", "batch_size", "lr", "warmup_fraction", "seed", "max_norm_ratio")
+        },
     }
     tag = f"w{args.width}-b{args.batch_size}-s{steps}-" + hashlib.sha1(json.dumps(identity).encode()).hexdigest()[:8]
     run = out / "runs" / tag
@@ -667,6 +728,13 @@ def run_benchmark(args: argparse.Namespace) -> None:
         f"run folder {run}",
         flush=True,
     )
+    if cap is not None:
+        print(
+            f"left out of both tools' training and scoring: {train_outliers.shape[0]} train and {outliers.shape[0]} "
+            f"held-out vectors longer than {cap:.1f} ({args.max_norm_ratio:g}× the train side's median norm); "
+            f"those held-out ones carry {outlier_share:.1%} of the held-out variance",
+            flush=True,
+        )
 
     device = resolve_device(args.device)
     t = time.perf_counter()
@@ -705,7 +773,7 @@ def run_benchmark(args: argparse.Namespace) -> None:
     timings["train_saelens_s"] = time.perf_counter() - t
 
     heldout = heldout.to(device)
-    rows = evaluate_all(args, run, heldout, store, lm, timings)
+    rows = evaluate_all(args, run, heldout, outliers.to(device), cap, store, lm, timings)
     pairs = pair_up(rows, args.ks)
     summary = summarise(rows, pairs)
     title = (
@@ -724,6 +792,10 @@ def run_benchmark(args: argparse.Namespace) -> None:
         "training_tokens": steps * args.batch_size,
         "unique_training_tokens": train.shape[0],
         "heldout_vectors": heldout.shape[0],
+        "max_norm": cap,
+        "outliers_train": train_outliers.shape[0],
+        "outliers_heldout": outliers.shape[0],
+        "outlier_variance_share": outlier_share,
         "sae_lens": saelens_version,
         "seconds": round(timings["total_s"]),
     }

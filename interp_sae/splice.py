@@ -9,6 +9,9 @@ Positions: only document tokens are spliced (BOS, separators and padding keep th
 activation: dictionaries are trained without them), and a next-token prediction counts in a loss
 only when both the token it is made at and the token it predicts are document tokens. Clean,
 spliced and ablated runs all use the same rule, so their losses compare like for like.
+With ``max_norm``, positions whose activation is longer than it keep their clean activation too
+(in the spliced and the zero-ablated run alike): the massive-activation tokens that a dictionary
+was trained without (e.g. `benchmarks/quality_vs_saelens.py --max-norm-ratio`).
 
 Ablation modes: ``zero`` sets the features to 0; ``mean`` sets them to their mean activation
 over a store split (`FeatureStatistics.mean`, what `interp-sae inspect` records).
@@ -45,6 +48,7 @@ class Splice:
         ablate: Sequence[int] = (),
         mode: str = "zero",
         means: torch.Tensor | None = None,
+        max_norm: float | None = None,
     ):
         if mode not in ABLATION_MODES:
             raise ConfigError(f"ablation mode must be one of {ABLATION_MODES}, got {mode!r}")
@@ -58,7 +62,7 @@ class Splice:
                 "or the `mean` of each feature in an inspection JSON)"
             )
         device = dictionary.decoder.weight.device
-        self.dictionary, self.hook, self.with_error = dictionary, hook, with_error
+        self.dictionary, self.hook, self.with_error, self.max_norm = dictionary, hook, with_error, max_norm
         self.ablate = torch.tensor(list(ablate), dtype=torch.long, device=device)
         self.replacement = (
             means.to(device).float()[self.ablate]
@@ -80,7 +84,7 @@ class Splice:
     def __call__(self, activation: torch.Tensor, hook: Any) -> torch.Tensor:
         check_model_width(self.dictionary, activation.shape[-1], self.hook)
         assert self.mask is not None, "call for_mask before the forward pass"
-        mask = self.mask.to(activation.device)
+        mask = within_norm(activation, self.mask, self.max_norm)
         x = activation[mask].float()
         features = self.dictionary.encode(x)
         if self.with_error:
@@ -106,11 +110,21 @@ def check_model_width(dictionary: Dictionary, width: int, hook: str) -> None:
         )
 
 
-def zero_hook(mask: torch.Tensor) -> Callable[[torch.Tensor, Any], torch.Tensor]:
-    """Zero-ablate the hook at the positions of `mask` (the other end of loss recovered)."""
+def within_norm(activation: torch.Tensor, mask: torch.Tensor, max_norm: float | None) -> torch.Tensor:
+    """`mask` [B, T] on the activation's device, less the positions whose activation [B, T, d] is
+    longer than `max_norm` (None: all of `mask`)."""
+    mask = mask.to(activation.device)
+    if max_norm is None:
+        return mask
+    return mask & (activation.float().norm(dim=-1) <= max_norm)
+
+
+def zero_hook(mask: torch.Tensor, max_norm: float | None = None) -> Callable[[torch.Tensor, Any], torch.Tensor]:
+    """Zero-ablate the hook at the positions of `mask` whose activation is at most `max_norm` long
+    (the other end of loss recovered)."""
 
     def fn(activation: torch.Tensor, hook: Any) -> torch.Tensor:
-        return activation * ~mask.to(activation.device)[..., None]
+        return activation * ~within_norm(activation, mask, max_norm)[..., None]
 
     return fn
 
@@ -145,18 +159,22 @@ def loss_recovered(
     batch_rows: int = 8,
     allow_other_store: bool = False,
     allow_other_hook: bool = False,
+    max_norm: float | None = None,
 ) -> dict[str, Any]:
     """Next-token loss clean, spliced and zero-ablated on rows of one side (held-out documents by
     default) of the store's split, at the hook and with the split the dictionary recorded.
 
     fraction_recovered = (L_zero − L_spliced) / (L_zero − L_clean): 1 is a perfect dictionary,
-    0 no better than deleting the hook's output. Moves the dictionary to the model's device.
+    0 no better than deleting the hook's output. Positions whose activation is longer than
+    `max_norm` keep their clean activation in every run. Moves the dictionary to the model's device.
     """
     hook, split = resolve(
         dictionary, store, hook, allow_other_store=allow_other_store, allow_other_hook=allow_other_hook
     )
     ids, doc_mask, loss_mask = (torch.from_numpy(a) for a in store.rows(side, split, max_rows))
-    result = loss_recovered_on_rows(lm, dictionary, hook, ids, doc_mask, loss_mask, batch_rows=batch_rows)
+    result = loss_recovered_on_rows(
+        lm, dictionary, hook, ids, doc_mask, loss_mask, batch_rows=batch_rows, max_norm=max_norm
+    )
     if result is None:
         raise ConfigError(f"the {side!r} side of {store.root}'s split has no next-token predictions to score")
     return {
@@ -177,14 +195,16 @@ def loss_recovered_on_rows(
     loss_mask: torch.Tensor,
     *,
     batch_rows: int = 8,
+    max_norm: float | None = None,
 ) -> dict[str, Any] | None:
     """`loss_recovered`'s measurement on given rows: token ids, document-token mask and which
-    predicted tokens count (each [rows, ctx]). None when no prediction counts. Moves the
-    dictionary to the model's device."""
+    predicted tokens count (each [rows, ctx]). None when no prediction counts. Positions whose
+    activation is longer than `max_norm` are neither spliced nor ablated. Moves the dictionary to
+    the model's device."""
     dictionary = dictionary.to(lm.device)
     ids = ids.long()
     totals = {"clean": 0.0, "spliced": 0.0, "zero_ablated": 0.0}
-    splice = Splice(dictionary, hook)
+    splice = Splice(dictionary, hook, max_norm=max_norm)
     count = 0
     for lo in range(0, len(ids), batch_rows):
         batch, positions = ids[lo : lo + batch_rows], doc_mask[lo : lo + batch_rows].to(lm.device)
@@ -192,7 +212,7 @@ def loss_recovered_on_rows(
         runs: dict[str, list[tuple[str, Any]]] = {
             "clean": [],
             "spliced": [(hook, splice.for_mask(positions))],
-            "zero_ablated": [(hook, zero_hook(positions))],
+            "zero_ablated": [(hook, zero_hook(positions, max_norm))],
         }
         for name, hooks in runs.items():
             totals[name] += float(token_losses(run_logits(lm, batch, hooks), batch)[counted].double().sum())
@@ -206,4 +226,5 @@ def loss_recovered_on_rows(
         "fraction_recovered": (losses["zero_ablated_loss"] - losses["spliced_loss"]) / gap if gap else None,
         "predictions": count,
         "rows": len(ids),
+        "max_norm": max_norm,
     }

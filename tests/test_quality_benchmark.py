@@ -12,9 +12,12 @@ from benchmarks.quality_vs_saelens import (
     epochs_for,
     interpolate_fvu,
     learning_rates,
+    norm_cap,
     pair_up,
     result_line,
+    split_by_norm,
     summarise,
+    variance_share,
     verdict,
 )
 
@@ -110,3 +113,20 @@ def test_learning_rates_are_our_schedule_step_by_step():
     assert lrs == [D.learning_rate(schedule, 1e-3, step, 40) for step in range(40)]
     assert lrs[0] == pytest.approx(5e-4) and lrs[1] == pytest.approx(1e-3)
     assert lrs[-1] == pytest.approx(1e-4)
+
+
+def test_massive_activations_are_split_off_by_norm_in_order():
+    vectors = torch.tensor([[1.0, 0.0], [0.0, 2.0], [30.0, 40.0], [0.0, -1.0], [-6.0, 8.0]])
+    cap = norm_cap(vectors, 3.0)
+    assert cap == pytest.approx(3.0 * 2.0)  # median norm 2
+    typical, outliers = split_by_norm(vectors, cap)
+    assert torch.equal(typical, vectors[[0, 1, 3]]) and torch.equal(outliers, vectors[[2, 4]])
+    assert norm_cap(vectors, 0.0) is None
+    kept, none = split_by_norm(vectors, None)
+    assert torch.equal(kept, vectors) and none.shape == (0, 2)
+
+
+def test_variance_share_is_the_outliers_part_of_the_centred_sum_of_squares():
+    typical, outliers = torch.tensor([[1.0], [-1.0]]), torch.tensor([[3.0]])  # mean 1: squares 0, 4, 4
+    assert variance_share(typical, outliers) == pytest.approx(0.5)
+    assert variance_share(typical, typical[:0]) == 0.0

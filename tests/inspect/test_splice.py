@@ -115,3 +115,22 @@ def test_mean_mode_with_nothing_to_ablate_is_the_plain_splice(tiny_lm, sae):
     plain = recorded_output(tiny_lm, ids, [(HOOK, Splice(sae, HOOK, with_error=True).for_mask(mask))])
     mean_mode = recorded_output(tiny_lm, ids, [(HOOK, Splice(sae, HOOK, with_error=True, mode="mean").for_mask(mask))])
     assert torch.equal(plain, mean_mode)
+
+
+def test_max_norm_leaves_longer_activations_clean_and_splices_the_rest(tiny_lm, sae):
+    ids, mask = ids_and_mask(tiny_lm)
+    clean = recorded_output(tiny_lm, ids, [])
+    norms = clean.norm(dim=-1)
+    cap = float(norms[mask].median())
+    long = mask & (norms > cap)
+    assert long.any() and (mask & ~long).any()
+    spliced = recorded_output(tiny_lm, ids, [(HOOK, Splice(sae, HOOK).for_mask(mask))])
+    capped = recorded_output(tiny_lm, ids, [(HOOK, Splice(sae, HOOK, max_norm=cap).for_mask(mask))])
+    assert torch.equal(capped[long | ~mask], clean[long | ~mask])
+    assert torch.equal(capped[mask & ~long], spliced[mask & ~long])
+
+
+def test_loss_recovered_with_a_max_norm_below_every_activation_changes_nothing(tiny_lm, tiny_store, sae):
+    result = loss_recovered(tiny_lm, sae, tiny_store, hook=HOOK, max_rows=4, max_norm=0.0)
+    assert result["spliced_loss"] == result["clean_loss"] == result["zero_ablated_loss"]
+    assert result["fraction_recovered"] is None and result["max_norm"] == 0.0
