@@ -75,6 +75,26 @@ class TensorBatchSource:
             yield self.data[order[i * self.batch_size : (i + 1) * self.batch_size]]
 
 
+def within_norm(x: torch.Tensor, max_norm: float | None) -> torch.Tensor:
+    """The rows of `x` [B, d] at most `max_norm` long, in order (all of them for None)."""
+    return x if max_norm is None else x[x.norm(dim=-1) <= max_norm]
+
+
+class NormCappedSource:
+    """`source` without its vectors longer than `max_norm`: the same batches, each shorter by the
+    vectors it drops (the trainer's evaluation view under `TrainConfig.max_norm_ratio`)."""
+
+    def __init__(self, source: BatchSource, max_norm: float) -> None:
+        self.source, self.max_norm, self.d = source, max_norm, source.d
+
+    def num_batches(self, epoch: int) -> int:
+        return self.source.num_batches(epoch)
+
+    def batches(self, epoch: int, start: int = 0) -> Iterator[torch.Tensor]:
+        for batch in self.source.batches(epoch, start):
+            yield within_norm(batch, self.max_norm)
+
+
 def train_test_split(
     data: torch.Tensor, test_fraction: float = 0.1, seed: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 
 from dictionaries.base import Dictionary, DictionaryConfig, LossTerms
 from dictionaries.checkpoint import load_checkpoint, optimizer_from_flat, optimizer_to_flat, save_checkpoint
-from dictionaries.data import BatchSource, derive_seed, take_vectors
+from dictionaries.data import BatchSource, NormCappedSource, derive_seed, take_vectors, within_norm
 from dictionaries.distributed import LossModule, wrap_for_cluster
 from dictionaries.io import save_dictionary
 from dictionaries.metrics import ad_re_curve, evaluate, plot_ad_re_curves, write_curve_csv
@@ -72,6 +72,13 @@ class TrainConfig:
     stored in the dictionary, which keeps taking and returning raw activations."""
     prepare_vectors: int = 65536
     """Size of the training sample for input normalisation and data-dependent set-up (WSAE weights)."""
+    max_norm_ratio: float | None = None
+    """Leave out of training, set-up and the trainer's evaluation every vector longer than this ×
+    the preparation sample's median norm (None: keep them all). Such massive activations can rule
+    a run: in SmolLM2-135M's layer 15 (`benchmarks/quality_vs_saelens.py`), 84 of 417k vectors,
+    10-100× the median norm, carry 72% of the variance and take hundreds of a batch top-k's slots.
+    The cap, in raw units, is saved with each dictionary as `max_input_norm`; splicing and loss
+    recovered leave longer activations as they are."""
     checkpoint_every: int = 1000
     """Steps between checkpoints (0: only at the end)."""
     eval_every: int = 0
@@ -91,6 +98,10 @@ class TrainConfig:
             raise ConfigError(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
         if self.epochs < 1 or self.lr <= 0:
             raise ConfigError(f"need epochs ≥ 1 and lr > 0, got epochs={self.epochs}, lr={self.lr}")
+        if self.max_norm_ratio is not None and not self.max_norm_ratio > 0:
+            raise ConfigError(
+                f"max_norm_ratio must be positive (or None to keep every vector), got {self.max_norm_ratio}"
+            )
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -165,6 +176,7 @@ class _Run:
         self.eval_split = "held_out" if eval_source is not None else "train"
         self.inputs: dict[str, str | None] = {name: (inputs or {}).get(name) for name in dictionaries}
         self.keys = list(dict.fromkeys(self.inputs.values()))
+        self.norm_caps: dict[str | None, float | None] = dict.fromkeys(self.keys)  # set by start or _restore
         self.train_views = {name: _view(train_source, key) for name, key in self.inputs.items()}
         # A source whose batches are already this rank's share (each rank reads its own data).
         self.per_rank_batches = bool(getattr(train_source, "per_rank_batches", False))
@@ -201,7 +213,7 @@ class _Run:
             if batch_size is not None:
                 model.plan_training(self.total_steps * batch_size)
         self.signature = {
-            "train": {k: v for k, v in config.to_dict().items() if k in _RESULT_FIELDS},
+            "train": {k: v for k, v in config.to_dict().items() if k in _RESULT_FIELDS and v is not None},
             "dictionaries": {name: [m.architecture, m.config.to_dict()] for name, m in self.models.items()},
             "steps_per_epoch": self.steps_per_epoch,
             "world_size": self.cluster.world_size,
@@ -223,9 +235,10 @@ class _Run:
         for name, model in self.models.items():
             key = self.inputs[name]
             if key not in samples:
-                samples[key] = _sample(self.train_views[name], self.config.prepare_vectors).to(
-                    self.device, torch.float32
-                )
+                sample = _sample(self.train_views[name], self.config.prepare_vectors).to(self.device, torch.float32)
+                if self.config.max_norm_ratio is not None:
+                    self.norm_caps[key] = self.config.max_norm_ratio * float(sample.norm(dim=1).median())
+                samples[key] = within_norm(sample, self.norm_caps[key])
             sample = samples[key]
             if self.config.normalize_input:
                 model.input_scale.fill_(math.sqrt(sample.shape[1]) / float(sample.norm(dim=1).mean()))
@@ -236,8 +249,17 @@ class _Run:
                 "dictionaries": self.signature["dictionaries"],
                 "steps_per_epoch": self.steps_per_epoch,
                 "eval_split": self.eval_split,
+                "max_input_norms": {name: self.norm_caps[key] for name, key in self.inputs.items()},
             }
             write_json_atomic(self.out_dir / "train_config.json", run_config, indent=2)
+        self._cap_eval_views()
+
+    def _cap_eval_views(self) -> None:
+        """Evaluate on what training keeps: without the vectors longer than the norm cap."""
+        for name, key in self.inputs.items():
+            cap = self.norm_caps[key]
+            if cap is not None:
+                self.eval_views[name] = NormCappedSource(self.eval_views[name], cap)
 
     def _restore(self) -> None:
         tensors, state = load_checkpoint(self.checkpoint_path)
@@ -260,6 +282,8 @@ class _Run:
             self.train_source.load_state_dict(source_tensors, state["source"][self.cluster.rank])
         self.epoch, self.batch, self.step = state["epoch"], state["batch"], state["step"]
         self.last_checkpoint_step = self.step
+        self.norm_caps = dict(zip(self.keys, state.get("norm_caps", [None] * len(self.keys))))
+        self._cap_eval_views()
 
     def checkpoint(self) -> None:
         tensors, groups = {}, {}
@@ -275,6 +299,7 @@ class _Run:
             "epoch": self.epoch,
             "batch": self.batch,
             "step": self.step,
+            "norm_caps": [self.norm_caps[key] for key in self.keys],
         }
         if hasattr(self.train_source, "state_dict"):  # where a stateful source is, on every rank
             source_tensors, source_state = self.train_source.state_dict()
@@ -316,6 +341,7 @@ class _Run:
                 xs = {key: _pick(batch, key).to(self.device, torch.float32, non_blocking=True) for key in self.keys}
                 if not self.per_rank_batches:
                     xs = {key: self.cluster.local_slice(x) for key, x in xs.items()}
+                xs = {key: within_norm(x, self.norm_caps[key]) for key, x in xs.items()}
                 lr = learning_rate(cfg.schedule, cfg.lr, self.step, self.total_steps)
                 for name, model in self.models.items():
                     terms = self._step(name, model, xs[self.inputs[name]], lr, epoch, batch_index, log)
@@ -421,6 +447,7 @@ class _Run:
                     **self.metadata,
                     **self.own_metadata.get(name, {}),
                     "training": self.config.to_dict(),
+                    "max_input_norm": self.norm_caps[self.inputs[name]],
                     "metrics": reports[name],
                     # Applied inside the dictionary (its input_scale), recorded so readers know it was used.
                     "input_normalization": {
@@ -437,8 +464,19 @@ class _Run:
         return reports
 
 
-# TrainConfig fields that change the trained weights; the others may differ on resume.
-_RESULT_FIELDS = ("epochs", "lr", "betas", "schedule", "seed", "precision", "normalize_input", "prepare_vectors")
+# TrainConfig fields that change the trained weights; the others may differ on resume. An unset
+# (None) one is left out of the signature, so checkpoints written before it existed still resume.
+_RESULT_FIELDS = (
+    "epochs",
+    "lr",
+    "betas",
+    "schedule",
+    "seed",
+    "precision",
+    "normalize_input",
+    "prepare_vectors",
+    "max_norm_ratio",
+)
 
 
 def format_report(report: dict) -> str:

@@ -202,6 +202,12 @@ def train(
     normalize_input: bool = typer.Option(
         _TRAIN.normalize_input, help="Scale inputs to mean norm √d during training; folded back on save."
     ),
+    max_norm_ratio: float | None = typer.Option(
+        _TRAIN.max_norm_ratio,
+        help="Leave out vectors longer than this × the median norm (massive activations, e.g. 3); the cap is "
+        "saved with each dictionary, and splicing leaves such positions as they are. Default: keep all.",
+        show_default=False,
+    ),
     device: str = typer.Option(_TRAIN.device, help="auto (cuda when present, else cpu), cpu, cuda, cuda:1, ..."),
     checkpoint_every: int = typer.Option(
         _TRAIN.checkpoint_every, help="Steps between checkpoints (atomic; the resume points)."
@@ -265,6 +271,7 @@ def train(
             device=device,
             precision=cast(Any, precision),  # TrainConfig checks the value
             normalize_input=normalize_input,
+            max_norm_ratio=max_norm_ratio,
             schedule=D.ScheduleConfig(kind=cast(Any, schedule), warmup_steps=warmup_steps),
             checkpoint_every=checkpoint_every,
             eval_every=eval_every,

@@ -9,9 +9,10 @@ Positions: only document tokens are spliced (BOS, separators and padding keep th
 activation: dictionaries are trained without them), and a next-token prediction counts in a loss
 only when both the token it is made at and the token it predicts are document tokens. Clean,
 spliced and ablated runs all use the same rule, so their losses compare like for like.
-With ``max_norm``, positions whose activation is longer than it keep their clean activation too
-(in the spliced and the zero-ablated run alike): the massive-activation tokens that a dictionary
-was trained without (e.g. `benchmarks/quality_vs_saelens.py --max-norm-ratio`).
+Positions whose activation is longer than ``max_norm`` keep their clean activation too (in the
+spliced and the zero-ablated run alike): the massive-activation tokens a dictionary was trained
+without. By default ``max_norm`` is the cap the dictionary recorded (`max_input_norm`, from
+`TrainConfig.max_norm_ratio`), if any.
 
 Ablation modes: ``zero`` sets the features to 0; ``mean`` sets them to their mean activation
 over a store split (`FeatureStatistics.mean`, what `interp-sae inspect` records).
@@ -62,7 +63,8 @@ class Splice:
                 "or the `mean` of each feature in an inspection JSON)"
             )
         device = dictionary.decoder.weight.device
-        self.dictionary, self.hook, self.with_error, self.max_norm = dictionary, hook, with_error, max_norm
+        self.dictionary, self.hook, self.with_error = dictionary, hook, with_error
+        self.max_norm = max_norm if max_norm is not None else dictionary.metadata.get("max_input_norm")
         self.ablate = torch.tensor(list(ablate), dtype=torch.long, device=device)
         self.replacement = (
             means.to(device).float()[self.ablate]
@@ -166,7 +168,8 @@ def loss_recovered(
 
     fraction_recovered = (L_zero − L_spliced) / (L_zero − L_clean): 1 is a perfect dictionary,
     0 no better than deleting the hook's output. Positions whose activation is longer than
-    `max_norm` keep their clean activation in every run. Moves the dictionary to the model's device.
+    `max_norm` (default: the dictionary's recorded cap, if any) keep their clean activation in
+    every run. Moves the dictionary to the model's device.
     """
     hook, split = resolve(
         dictionary, store, hook, allow_other_store=allow_other_store, allow_other_hook=allow_other_hook
@@ -199,8 +202,8 @@ def loss_recovered_on_rows(
 ) -> dict[str, Any] | None:
     """`loss_recovered`'s measurement on given rows: token ids, document-token mask and which
     predicted tokens count (each [rows, ctx]). None when no prediction counts. Positions whose
-    activation is longer than `max_norm` are neither spliced nor ablated. Moves the dictionary to
-    the model's device."""
+    activation is longer than `max_norm` (default: the dictionary's recorded cap) are neither
+    spliced nor ablated. Moves the dictionary to the model's device."""
     dictionary = dictionary.to(lm.device)
     ids = ids.long()
     totals = {"clean": 0.0, "spliced": 0.0, "zero_ablated": 0.0}
@@ -212,7 +215,7 @@ def loss_recovered_on_rows(
         runs: dict[str, list[tuple[str, Any]]] = {
             "clean": [],
             "spliced": [(hook, splice.for_mask(positions))],
-            "zero_ablated": [(hook, zero_hook(positions, max_norm))],
+            "zero_ablated": [(hook, zero_hook(positions, splice.max_norm))],
         }
         for name, hooks in runs.items():
             totals[name] += float(token_losses(run_logits(lm, batch, hooks), batch)[counted].double().sum())
@@ -226,5 +229,5 @@ def loss_recovered_on_rows(
         "fraction_recovered": (losses["zero_ablated_loss"] - losses["spliced_loss"]) / gap if gap else None,
         "predictions": count,
         "rows": len(ids),
-        "max_norm": max_norm,
+        "max_norm": splice.max_norm,
     }

@@ -89,6 +89,33 @@ class PoisonedSource:
             yield batch * float("nan") if (epoch, i) == (0, self.bad) else batch
 
 
+def test_max_norm_ratio_leaves_massive_activations_out_of_training_and_evaluation(tmp_path):
+    data = torch.nn.functional.normalize(subspace_data(512), dim=1)
+    data[::64] *= 100  # 8 massive activations among unit vectors
+    cap = 3.0 * float(data.norm(dim=1).median())
+    kept = data[data.norm(dim=1) <= cap]
+    assert kept.shape[0] == 504
+    model = D.create(D.make_config("topk_aux", d=8, n_latents=16, k=2), seed=0)
+    seen = []
+    loss = model.loss
+    model.loss = lambda x, generator=None: seen.append(x.norm(dim=1).max()) or loss(x, generator)
+    config = D.TrainConfig(epochs=1, normalize_input=True, max_norm_ratio=3.0, prepare_vectors=512, **QUIET)
+
+    result = D.train({"sae": model}, D.TensorBatchSource(data, 64, seed=0), tmp_path, config)
+
+    assert len(seen) == 8 and max(seen) <= cap
+    assert float(model.input_scale) == pytest.approx(8**0.5 / float(kept.norm(dim=1).mean()), rel=1e-6)
+    assert result.metrics["sae"]["n_vectors"] == 504  # evaluated on the train source, capped alike
+    saved = D.load_dictionary(tmp_path / "sae")
+    assert saved.metadata["max_input_norm"] == pytest.approx(cap, rel=1e-6)
+    again = D.train(
+        {"sae": D.make_config("topk_aux", d=8, n_latents=16, k=2)}, D.TensorBatchSource(data, 64), tmp_path, config
+    )
+    assert again.metrics["sae"]["n_vectors"] == 504  # the restored run keeps its cap
+    with pytest.raises(ValueError, match="max_norm_ratio must be positive"):
+        D.TrainConfig(max_norm_ratio=0.0)
+
+
 def test_nan_stops_training_naming_step_and_term_and_keeps_the_checkpoint(tmp_path):
     config = D.TrainConfig(epochs=1, progress=False, log_every=100, checkpoint_every=2)
     with pytest.raises(D.NonFiniteLossError) as error:

@@ -134,3 +134,16 @@ def test_loss_recovered_with_a_max_norm_below_every_activation_changes_nothing(t
     result = loss_recovered(tiny_lm, sae, tiny_store, hook=HOOK, max_rows=4, max_norm=0.0)
     assert result["spliced_loss"] == result["clean_loss"] == result["zero_ablated_loss"]
     assert result["fraction_recovered"] is None and result["max_norm"] == 0.0
+
+
+def test_splice_takes_the_norm_cap_the_dictionary_recorded(tiny_lm, sae):
+    ids, mask = ids_and_mask(tiny_lm)
+    clean = recorded_output(tiny_lm, ids, [])
+    cap = float(clean.norm(dim=-1)[mask].median())
+    explicit = recorded_output(tiny_lm, ids, [(HOOK, Splice(sae, HOOK, max_norm=cap).for_mask(mask))])
+    sae.metadata["max_input_norm"] = cap
+    try:
+        recorded = recorded_output(tiny_lm, ids, [(HOOK, Splice(sae, HOOK).for_mask(mask))])
+    finally:
+        del sae.metadata["max_input_norm"]
+    assert torch.equal(recorded, explicit)
