@@ -128,7 +128,7 @@ class AuxKConfig(DictionaryConfig):
     dead_after_tokens: int | None = None
     """A latent is dead after this many training tokens without firing. None (the default): Gao et
     al.'s 10M, or a 32nd of the run's training tokens when that is fewer; the trainer fixes it before
-    the first step and saves it. A 10M window never lets AuxK act in a run shorter than 10M tokens.
+    the first step and saves it, when its batch source says its `batch_size` (else 10M). A 10M window never lets AuxK act in a run shorter than 10M tokens.
     Measured (Matryoshka, k 64, κ 2048, 202 steps of 4,096 SmolLM2 layer-15 vectors, 827k tokens):
     latents never active on 30k held-out vectors 19.9% with 10M, 10.5% with 100k, 3.1% with 25k
     (≈ the run's 32nd), held-out FVU 0.178 in all three."""

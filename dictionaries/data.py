@@ -76,8 +76,9 @@ class TensorBatchSource:
 
 
 def within_norm(x: torch.Tensor, max_norm: float | None) -> torch.Tensor:
-    """The rows of `x` [B, d] at most `max_norm` long, in order (all of them for None)."""
-    return x if max_norm is None else x[x.norm(dim=-1) <= max_norm]
+    """The rows of `x` [B, d] not longer than `max_norm`, in order (all of them for None); rows
+    whose norm is NaN stay, so that whatever reads them still sees them."""
+    return x if max_norm is None else x[~(x.norm(dim=-1) > max_norm)]
 
 
 class NormCappedSource:

@@ -75,8 +75,9 @@ class TrainConfig:
     max_norm_ratio: float | None = None
     """Leave out of training, set-up and the trainer's evaluation every vector longer than this ×
     the preparation sample's median norm (None: keep them all). Such massive activations can rule
-    a run: in SmolLM2-135M's layer 15 (`benchmarks/quality_vs_saelens.py`), 84 of 417k vectors,
-    10-100× the median norm, carry 72% of the variance and take hundreds of a batch top-k's slots.
+    a run: in SmolLM2-135M's layer 15 (`benchmarks/quality_vs_saelens.py`), 84 of 417k train
+    vectors are over 3× the median norm (up to 100×), the 12 such held-out vectors (of 30k) carry
+    72% of the held-out variance, and one in a batch takes hundreds of a batch top-k's slots.
     The cap, in raw units, is saved with each dictionary as `max_input_norm`; splicing and loss
     recovered leave longer activations as they are."""
     checkpoint_every: int = 1000
@@ -210,8 +211,9 @@ class _Run:
         self.total_steps = sum(self.steps_per_epoch)
         for name, model in self.models.items():  # a source that does not say its batch size: no plan
             batch_size = getattr(self.train_views[name], "batch_size", None)
-            if batch_size is not None:
-                model.plan_training(self.total_steps * batch_size)
+            if batch_size is not None:  # the tokens this rank trains on: its slice of a shared batch
+                share = 1 if self.per_rank_batches else self.cluster.world_size
+                model.plan_training(self.total_steps * batch_size // share)
         self.signature = {
             "train": {k: v for k, v in config.to_dict().items() if k in _RESULT_FIELDS and v is not None},
             "dictionaries": {name: [m.architecture, m.config.to_dict()] for name, m in self.models.items()},
@@ -237,7 +239,7 @@ class _Run:
             if key not in samples:
                 sample = _sample(self.train_views[name], self.config.prepare_vectors).to(self.device, torch.float32)
                 if self.config.max_norm_ratio is not None:
-                    self.norm_caps[key] = self.config.max_norm_ratio * float(sample.norm(dim=1).median())
+                    self.norm_caps[key] = self._norm_cap(sample)
                 samples[key] = within_norm(sample, self.norm_caps[key])
             sample = samples[key]
             if self.config.normalize_input:
@@ -253,6 +255,15 @@ class _Run:
             }
             write_json_atomic(self.out_dir / "train_config.json", run_config, indent=2)
         self._cap_eval_views()
+
+    def _norm_cap(self, sample: torch.Tensor) -> float:
+        cap = cast(float, self.config.max_norm_ratio) * float(sample.norm(dim=1).median())
+        if not (math.isfinite(cap) and cap > 0):
+            raise ConfigError(
+                f"max_norm_ratio: the preparation sample's median norm gives the cap {cap}; the sample holds "
+                "non-finite or all-zero vectors (check the store, e.g. `interp-sae verify`)"
+            )
+        return cap
 
     def _cap_eval_views(self) -> None:
         """Evaluate on what training keeps: without the vectors longer than the norm cap."""
@@ -339,9 +350,10 @@ class _Run:
             start = self.batch if epoch == self.epoch else 0
             for batch_index, batch in enumerate(self.train_source.batches(epoch, start), start=start):
                 xs = {key: _pick(batch, key).to(self.device, torch.float32, non_blocking=True) for key in self.keys}
+                # The norm cap applies to the whole batch, before ranks take their equal slices.
+                xs = {key: self._capped(x, key, epoch, batch_index) for key, x in xs.items()}
                 if not self.per_rank_batches:
                     xs = {key: self.cluster.local_slice(x) for key, x in xs.items()}
-                xs = {key: within_norm(x, self.norm_caps[key]) for key, x in xs.items()}
                 lr = learning_rate(cfg.schedule, cfg.lr, self.step, self.total_steps)
                 for name, model in self.models.items():
                     terms = self._step(name, model, xs[self.inputs[name]], lr, epoch, batch_index, log)
@@ -366,6 +378,16 @@ class _Run:
             self.epoch, self.batch = epoch + 1, 0
         bar.close()
         self.checkpoint()
+
+    def _capped(self, x: torch.Tensor, key: str | None, epoch: int, batch_index: int) -> torch.Tensor:
+        """The batch without its vectors longer than the norm cap (NaN rows stay, for the NaN guard)."""
+        kept = within_norm(x, self.norm_caps[key])
+        if not len(kept):
+            raise ConfigError(
+                f"batch {batch_index} of epoch {epoch} holds only vectors longer than the norm cap "
+                f"{self.norm_caps[key]:.4g}: raise max_norm_ratio, or use larger batches"
+            )
+        return kept
 
     def _step(self, name, model, x, lr, epoch, batch_index, log) -> LossTerms:
         optimizer = self.optimizers[name]

@@ -11,8 +11,9 @@ only when both the token it is made at and the token it predicts are document to
 spliced and ablated runs all use the same rule, so their losses compare like for like.
 Positions whose activation is longer than ``max_norm`` keep their clean activation too (in the
 spliced and the zero-ablated run alike): the massive-activation tokens a dictionary was trained
-without. By default ``max_norm`` is the cap the dictionary recorded (`max_input_norm`, from
-`TrainConfig.max_norm_ratio`), if any.
+without; their features are still encoded and recorded. By default ``max_norm`` is the cap the
+dictionary recorded (`max_input_norm`, from `TrainConfig.max_norm_ratio`), if any; pass
+``math.inf`` to splice every position of such a dictionary.
 
 Ablation modes: ``zero`` sets the features to 0; ``mean`` sets them to their mean activation
 over a store split (`FeatureStatistics.mean`, what `interp-sae inspect` records).
@@ -86,7 +87,7 @@ class Splice:
     def __call__(self, activation: torch.Tensor, hook: Any) -> torch.Tensor:
         check_model_width(self.dictionary, activation.shape[-1], self.hook)
         assert self.mask is not None, "call for_mask before the forward pass"
-        mask = within_norm(activation, self.mask, self.max_norm)
+        mask = self.mask.to(activation.device)
         x = activation[mask].float()
         features = self.dictionary.encode(x)
         if self.with_error:
@@ -96,6 +97,8 @@ class Splice:
             features_new = features.clone()
             features_new[:, self.ablate] = self.replacement
             spliced = self.dictionary.decode(features_new)
+        if self.max_norm is not None:  # longer activations keep their clean value
+            spliced = torch.where(x.norm(dim=-1, keepdim=True) > self.max_norm, x, spliced)
         record = activation.new_zeros(*mask.shape, len(self.ablate), dtype=torch.float32)
         record[mask] = features[:, self.ablate]
         self.ablated_activations = record
@@ -112,13 +115,13 @@ def check_model_width(dictionary: Dictionary, width: int, hook: str) -> None:
         )
 
 
-def within_norm(activation: torch.Tensor, mask: torch.Tensor, max_norm: float | None) -> torch.Tensor:
+def capped_mask(activation: torch.Tensor, mask: torch.Tensor, max_norm: float | None) -> torch.Tensor:
     """`mask` [B, T] on the activation's device, less the positions whose activation [B, T, d] is
     longer than `max_norm` (None: all of `mask`)."""
     mask = mask.to(activation.device)
     if max_norm is None:
         return mask
-    return mask & (activation.float().norm(dim=-1) <= max_norm)
+    return mask & ~(activation.float().norm(dim=-1) > max_norm)
 
 
 def zero_hook(mask: torch.Tensor, max_norm: float | None = None) -> Callable[[torch.Tensor, Any], torch.Tensor]:
@@ -126,7 +129,7 @@ def zero_hook(mask: torch.Tensor, max_norm: float | None = None) -> Callable[[to
     (the other end of loss recovered)."""
 
     def fn(activation: torch.Tensor, hook: Any) -> torch.Tensor:
-        return activation * ~within_norm(activation, mask, max_norm)[..., None]
+        return activation * ~capped_mask(activation, mask, max_norm)[..., None]
 
     return fn
 

@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 
 import dictionaries as D
 from dictionaries.checkpoint import load_checkpoint
+from dictionaries.data import within_norm
 
 QUIET = dict(progress=False, log_every=10_000, checkpoint_every=0)
 
@@ -114,6 +115,21 @@ def test_max_norm_ratio_leaves_massive_activations_out_of_training_and_evaluatio
     assert again.metrics["sae"]["n_vectors"] == 504  # the restored run keeps its cap
     with pytest.raises(ValueError, match="max_norm_ratio must be positive"):
         D.TrainConfig(max_norm_ratio=0.0)
+
+
+def test_a_batch_of_nothing_but_massive_activations_stops_with_what_to_do(tmp_path):
+    data = torch.nn.functional.normalize(subspace_data(120), dim=1)
+    data[40:80] *= 100  # the whole second batch
+    config = D.TrainConfig(epochs=1, max_norm_ratio=3.0, **QUIET)
+    source = D.TensorBatchSource(data, 40, shuffle=False)
+    with pytest.raises(ValueError, match="batch 1 of epoch 0 holds only vectors longer than the norm cap 3: raise"):
+        D.train({"sae": D.make_config("topk_aux", d=8, n_latents=16, k=2)}, source, tmp_path, config)
+
+
+def test_the_norm_cap_keeps_rows_whose_norm_is_not_a_number():
+    x = torch.tensor([[1.0, 0.0], [float("nan"), 0.0], [10.0, 0.0], [0.0, 2.0]])
+    assert torch.equal(within_norm(x, 3.0)[[0, 2]], x[[0, 3]])
+    assert within_norm(x, 3.0)[1].isnan().any() and within_norm(x, None) is x
 
 
 def test_nan_stops_training_naming_step_and_term_and_keeps_the_checkpoint(tmp_path):

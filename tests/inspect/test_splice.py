@@ -128,6 +128,12 @@ def test_max_norm_leaves_longer_activations_clean_and_splices_the_rest(tiny_lm, 
     capped = recorded_output(tiny_lm, ids, [(HOOK, Splice(sae, HOOK, max_norm=cap).for_mask(mask))])
     assert torch.equal(capped[long | ~mask], clean[long | ~mask])
     assert torch.equal(capped[mask & ~long], spliced[mask & ~long])
+    every = list(range(sae.config.n_latents))
+    ablating = Splice(sae, HOOK, ablate=every, max_norm=cap)
+    assert torch.equal(recorded_output(tiny_lm, ids, [(HOOK, ablating.for_mask(mask))])[long], clean[long])
+    features = sae.encode(clean[long])
+    assert features.any()
+    torch.testing.assert_close(ablating.recorded()[long], features)  # not ablated there, still recorded
 
 
 def test_loss_recovered_with_a_max_norm_below_every_activation_changes_nothing(tiny_lm, tiny_store, sae):
