@@ -509,16 +509,6 @@ def saelens_job(args: argparse.Namespace, run: Path, steps_lrs: list[float], sto
     }
 
 
-def fvu_including(model: Any, typical: Any, outliers: Any, batch_size: int) -> float:
-    """Centred FVU of `model` on the typical and the outlier vectors together."""
-    import torch
-
-    every = torch.cat([typical, outliers])
-    with torch.no_grad():
-        error = sum(float((part - model(part)).pow(2).sum()) for part in every.split(batch_size))
-    return error / float((every - every.mean(dim=0)).pow(2).sum())
-
-
 def evaluate_all(args, run: Path, heldout, outliers, cap, store, lm, timings: dict) -> dict[str, dict]:
     """Every dictionary, ours and imported, scored by the same functions on the same held-out vectors
     (and, for the record, with the held-out outliers too: `fvu_with_outliers`)."""
@@ -530,6 +520,8 @@ def evaluate_all(args, run: Path, heldout, outliers, cap, store, lm, timings: di
     from interp_sae.splice import loss_recovered
 
     source = D.TensorBatchSource(heldout, args.batch_size, shuffle=False, drop_last=False)
+    every = torch.cat([heldout, outliers])
+    with_outliers = D.TensorBatchSource(every, args.batch_size, shuffle=False, drop_last=False)
     folders: dict[str, tuple[str, int | None, Path]] = {}
     for family in FAMILIES:
         for k in args.ks:
@@ -553,7 +545,7 @@ def evaluate_all(args, run: Path, heldout, outliers, cap, store, lm, timings: di
             "dead": report["dead_fraction"],
             "dense": report["dense_fraction"],
             "loss_recovered": None,
-            "fvu_with_outliers": fvu_including(model, heldout, outliers, args.batch_size),
+            "fvu_with_outliers": D.evaluate(model, with_outliers, max_vectors=every.shape[0])["fvu_deterministic"],
         }
         if name.startswith("saelens/"):  # SAELens's own inference SAE vs our import of it, same inputs
             check = load_file(run / "saelens" / f"{family}-k{k}.check.safetensors")

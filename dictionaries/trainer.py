@@ -101,7 +101,7 @@ class TrainConfig:
             raise ConfigError(f"need epochs ≥ 1 and lr > 0, got epochs={self.epochs}, lr={self.lr}")
         if self.max_norm_ratio is not None and not self.max_norm_ratio > 0:
             raise ConfigError(
-                f"max_norm_ratio must be positive (or None to keep every vector), got {self.max_norm_ratio}"
+                f"max_norm_ratio must be positive (leave it unset to keep every vector), got {self.max_norm_ratio}"
             )
 
     def to_dict(self) -> dict:
