@@ -22,21 +22,21 @@ would depend on the scale of the data. Deliberate choices:
 - "fired" means a non-zero activation in the batch's code (OpenAI counts values > 1e-3);
 - no sparsify-style down-weighting when fewer than `aux_k` latents are dead.
 The dense path (`_aux_loss`) stays on the device with no host synchronisation; the sparse path
-(`_sparse_training_code`) reads one flag per step to skip AuxK while no latent can be dead.
+(`_sparse_training_code`, `_sparse_aux_loss`) reads one flag per step to skip AuxK while no latent
+can be dead.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import NamedTuple
 
 import torch
 from torch import nn
 
 from dictionaries.base import Dictionary, DictionaryConfig, SAELensExport, fold_linear_sae
 from dictionaries.sae import topk_activations
-from dictionaries.sparse_topk import fired_latents, sparse_decode, topk_encode_with_aux
+from dictionaries.sparse_topk import Selection, SparseCode, fired_latents, sparse_decode, sparse_encode_with_aux
 from interp_sae.errors import ConfigError
 
 
@@ -77,20 +77,6 @@ def record_firing(tokens_since_fired: torch.Tensor, fired: torch.Tensor, tokens:
     """Advance each latent's count of tokens since it last fired by the batch's `tokens`, and reset
     the latents that `fired` [κ] (bool: non-zero on some vector of the batch)."""
     tokens_since_fired.add_(tokens).masked_fill_(fired, 0)
-
-
-class SparseTrainingCode(NamedTuple):
-    """A batch's code through the sparse path (`dictionaries.sparse_topk`), with its AuxK part."""
-
-    values: torch.Tensor
-    """[B, k] (or [B, M] for a batch top-k) activations, zeros in unused slots."""
-    indices: torch.Tensor
-    """[B, k] latent of each slot."""
-    aux_values: torch.Tensor
-    """[B, aux_k] the dead latents' top pre-activations (ReLU); [B, 0] when none can be dead."""
-    aux_indices: torch.Tensor
-    dead: torch.Tensor
-    """[κ] bool: dead after this batch."""
 
 
 DEAD_AFTER_TOKENS_MAX = 10_000_000
@@ -207,33 +193,48 @@ class AuxKSAE(Dictionary):
         normalised = auxk_loss(pre, xn.float() - x_hat.float(), self.decoder.weight, dead, cfg.aux_k)
         return cfg.aux_coefficient * data_variance(xn) * normalised
 
-    def _sparse_training_code(self, xn: torch.Tensor, k: int, over_batch: bool = False) -> SparseTrainingCode:
-        """The code of x − b_dec through the sparse path (k per vector, or k·B over the batch), with
-        the AuxK candidates, and the firing counters advanced (training only). The same code, dead
-        set and counters as the dense `_aux_loss` path; one host synchronisation to skip AuxK when
-        no latent can be dead."""
+    def _sparse_training_code(
+        self,
+        xn: torch.Tensor,
+        selection: Selection,
+        threshold: torch.Tensor | None = None,
+        pre: torch.Tensor | None = None,
+    ) -> tuple[SparseCode, torch.Tensor]:
+        """The code of x − b_dec through the sparse path (`sparse_encode_with_aux`), with the AuxK
+        candidates, and the latents dead after this batch ([κ] bool); the firing counters advanced
+        (training only). The same code, dead set and counters as the dense definitions; one
+        host synchronisation to skip AuxK when no latent can be dead. `pre`: the pre-activations,
+        when the caller has them already (no gradient flows through them)."""
         cfg = self.config
         tokens = xn.shape[0] if self.training else 0
         maybe_dead = self.tokens_since_fired + tokens >= self.dead_window  # unless they fire now
         aux_mask = maybe_dead if cfg.aux_coefficient > 0 and bool(maybe_dead.any()) else None
-        values, indices, aux_values, aux_indices = topk_encode_with_aux(
+        code = sparse_encode_with_aux(
             xn - self.decoder.bias,
             self.encoder.weight,
             self.encoder.bias,
-            k,
+            selection,
+            threshold,
             aux_mask,
             cfg.aux_k,
-            over_batch=over_batch,
+            pre=pre,
         )
-        fired = fired_latents(values, indices, cfg.n_latents)
+        fired = fired_latents(code.values, code.indices, cfg.n_latents)
         if self.training:
             record_firing(self.tokens_since_fired, fired, tokens)
-        return SparseTrainingCode(values, indices, aux_values, aux_indices, maybe_dead & ~fired)
+        return code, maybe_dead & ~fired
 
-    def _sparse_aux_loss(self, xn: torch.Tensor, x_hat: torch.Tensor, code: SparseTrainingCode) -> torch.Tensor:
-        """The weighted AuxK term from a sparse training code (as `_aux_loss` computes it densely)."""
+    def _sparse_decode(self, code: SparseCode) -> torch.Tensor:
+        """x̂ (normalised units) from a sparse training code."""
+        return sparse_decode(code.values, code.indices, self.decoder.weight, self.decoder.bias, code.layout)
+
+    def _sparse_aux_loss(
+        self, xn: torch.Tensor, x_hat: torch.Tensor, code: SparseCode, dead: torch.Tensor
+    ) -> torch.Tensor:
+        """The weighted AuxK term from a sparse training code and its dead set: aux_coefficient · V ·
+        `auxk_loss` (module docstring), without the dense [B, κ] products."""
         e_hat = sparse_decode(code.aux_values, code.aux_indices, self.decoder.weight)
-        normalised = normalised_aux_mse(xn.float() - x_hat.float(), e_hat, code.dead)
+        normalised = normalised_aux_mse(xn.float() - x_hat.float(), e_hat, dead)
         return self.config.aux_coefficient * data_variance(xn) * normalised
 
     def _jumprelu_export(self, threshold: torch.Tensor) -> SAELensExport:

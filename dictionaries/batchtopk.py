@@ -13,7 +13,7 @@ loading and resuming keep it. Until the first training batch θ = −1, a sentin
 inference is plain ReLU.
 
 Training runs through the sparse TopK path (`dictionaries.sparse_topk.batch_topk`: the batch's top
-k·B chosen among each vector's largest pre-activations, then decoded from the active latents only).
+k·B as a ragged code, exactly k·B entries, decoded from the active latents only).
 
 The rest is the modern recipe (see `dictionaries.auxk.AuxKSAE`): b_dec from the data mean,
 unit-norm decoder columns, encoder = decoderᵀ, AuxK on dead latents. Loss terms: `recon`
@@ -27,10 +27,10 @@ from dataclasses import dataclass
 
 import torch
 
-from dictionaries.auxk import AuxKConfig, AuxKSAE, SparseTrainingCode, jumprelu
+from dictionaries.auxk import AuxKConfig, AuxKSAE, jumprelu
 from dictionaries.base import LossTerms, SAELensExport, squared_error
 from dictionaries.registry import register
-from dictionaries.sparse_topk import sparse_decode
+from dictionaries.sparse_topk import Selection, SparseCode
 from interp_sae.errors import ConfigError
 
 
@@ -73,7 +73,7 @@ class BatchTopK(AuxKSAE):
     @torch.no_grad()
     def _update_threshold(self, kept: torch.Tensor) -> None:
         """θ ← β·θ + (1 − β)·(smallest positive kept value); see the module docstring. `kept`: the
-        batch's kept activations, in any shape (zeros, e.g. unused slots, are ignored)."""
+        batch's kept activations, in any shape (zeros, kept where pre ≤ 0, are ignored)."""
         kept = kept.detach().float()
         positive = kept > 0
         smallest = torch.where(positive, kept, torch.inf).min()
@@ -81,17 +81,18 @@ class BatchTopK(AuxKSAE):
         moved = torch.where(self.threshold < 0, smallest, beta * self.threshold + (1 - beta) * smallest)
         self.threshold.copy_(torch.where(positive.any(), moved, self.threshold))
 
-    def _training_code(self, xn: torch.Tensor) -> SparseTrainingCode:
-        """The batch top-k code of a batch through the sparse path; updates θ in training mode."""
-        code = self._sparse_training_code(xn, self.config.k, over_batch=True)
+    def _training_code(self, xn: torch.Tensor) -> tuple[SparseCode, torch.Tensor]:
+        """The batch top-k code of a batch through the sparse path (ragged), and the dead set;
+        updates θ in training mode."""
+        code, dead = self._sparse_training_code(xn, Selection("batch_topk", self.config.k))
         if self.training:
             self._update_threshold(code.values)
-        return code
+        return code, dead
 
     def _loss(self, xn: torch.Tensor, generator: torch.Generator | None) -> LossTerms:
-        code = self._training_code(xn)
-        x_hat = sparse_decode(code.values, code.indices, self.decoder.weight, self.decoder.bias)
-        return {"recon": squared_error(xn, x_hat).mean(), "aux": self._sparse_aux_loss(xn, x_hat, code)}
+        code, dead = self._training_code(xn)
+        x_hat = self._sparse_decode(code)
+        return {"recon": squared_error(xn, x_hat).mean(), "aux": self._sparse_aux_loss(xn, x_hat, code, dead)}
 
     def saelens_export(self) -> SAELensExport:
         """SAELens "jumprelu" (as SAELens saves BatchTopK): θ for every latent (θ < 0, never trained,

@@ -27,6 +27,13 @@ paper's defaults (bandwidth 0.001, initial θ 0.001) assume inputs scaled to E�
 TrainConfig(normalize_input=True) (mean norm √d), or scale them with the data. Not implemented:
 the paper's linear warm-up of λ.
 
+Training takes the sparse path (`dictionaries.sparse_topk`, selection "threshold") once at most
+SPARSE_MAX_ACTIVE_FRACTION of the batch's pre-activations are above θ: then only the encoder's
+forward is dense, and the decoder and both backward passes touch the active entries and the few in
+the estimators' window, with the same loss and gradients as the dense formulas above. A JumpReLU
+starts dense (about half its latents fire), and there the dense matrix products are faster.
+Inference (`encode`) is dense.
+
 How θ is trained (`threshold_parameterization`):
 - "direct" (default, as SAELens ≥ 6.48): θ itself is the parameter (`threshold`), projected back
   to θ ≥ 0 after every optimiser step. Adam moves it by up to about lr per step.
@@ -52,7 +59,13 @@ from torch import nn
 from dictionaries.auxk import AuxKConfig, AuxKSAE, jumprelu, scale_encoder_to_data
 from dictionaries.base import LossTerms, SAELensExport, squared_error
 from dictionaries.registry import register
+from dictionaries.sparse_topk import Selection
 from interp_sae.errors import ConfigError
+
+SPARSE_MAX_ACTIVE_FRACTION = 0.125
+"""Train through the sparse path when at most this fraction of a batch's pre-activations is active.
+Measured (CPU, B 4096, d 576, κ 2048, one step, s): active 1% sparse 0.28 / dense 0.87, 3% 0.32 /
+0.82, 6% 0.46 / 1.03, 12% 0.71 / 0.81, 25% 1.16 / 0.81."""
 
 
 @dataclass(kw_only=True)
@@ -87,7 +100,8 @@ class JumpReLUConfig(AuxKConfig):
 
 
 def _rectangle(pre: torch.Tensor, threshold: torch.Tensor, bandwidth: float) -> torch.Tensor:
-    return (((pre.float() - threshold) / bandwidth).abs() <= 0.5).float()
+    """K((pre − θ)/ε) = 1[|pre − θ| ≤ ε/2], as the sparse path's `threshold_code` computes it."""
+    return ((pre.float() - threshold).abs() <= bandwidth / 2).float()
 
 
 class _JumpReLUFunction(torch.autograd.Function):
@@ -190,6 +204,16 @@ class JumpReLU(AuxKSAE):
         cfg = self.config
         pre = self._pre_activations(xn)
         threshold = self.threshold
+        if int(torch.count_nonzero(pre > threshold)) <= SPARSE_MAX_ACTIVE_FRACTION * pre.numel():
+            selection = Selection("threshold", bandwidth=cfg.bandwidth)
+            code, dead = self._sparse_training_code(xn, selection, threshold, pre=pre)
+            assert code.l0 is not None  # a threshold code counts its L0
+            x_hat = self._sparse_decode(code)
+            return {
+                "recon": squared_error(xn, x_hat).mean(),
+                "sparsity": self.sparsity_penalty(code.l0),
+                "aux": self._sparse_aux_loss(xn, x_hat, code, dead),
+            }
         f = jumprelu_ste(pre, threshold, cfg.bandwidth)
         x_hat = self.decoder(f)
         l0 = step_ste(pre, threshold, cfg.bandwidth).sum(dim=-1)

@@ -24,7 +24,7 @@ import torch
 from dictionaries.base import LossTerms, squared_error
 from dictionaries.batchtopk import BatchTopK, BatchTopKConfig
 from dictionaries.registry import register
-from dictionaries.sparse_topk import sparse_decode, split_slots
+from dictionaries.sparse_topk import RowLayout, decode_by_latent_range
 from interp_sae.errors import ConfigError
 
 
@@ -62,24 +62,29 @@ class Matryoshka(BatchTopK):
     config_class = MatryoshkaConfig
     config: MatryoshkaConfig
 
-    def prefix_reconstructions(self, values: torch.Tensor, indices: torch.Tensor) -> list[torch.Tensor]:
-        """x̂_m for every prefix m (normalised units) from a sparse code (values, indices) [B, M],
-        each decoded from the code's latents below m plus b_dec; the last is the full decode. The
-        slots are split by prefix group, so the groups' sparse decodes cost one full decode in all."""
+    def prefix_reconstructions(
+        self, values: torch.Tensor, indices: torch.Tensor, layout: RowLayout
+    ) -> list[torch.Tensor]:
+        """x̂_m for every prefix m (normalised units) from a ragged batch top-k code (values, indices
+        [N] and their `layout`), each decoded from the code's latents below m plus b_dec; the last is
+        the full decode. The entries are decoded by prefix group in one sparse decode (the cost of
+        the full one), and the groups' decodes summed up."""
+        groups = decode_by_latent_range(values, indices, layout, self.decoder.weight, self.config.prefixes)
         partial: torch.Tensor = self.decoder.bias
-        reconstructions: list[torch.Tensor] = []
-        for group_values, group_indices in split_slots(values, indices, self.config.prefixes):
-            partial = partial + sparse_decode(group_values, group_indices, self.decoder.weight)
+        reconstructions = []
+        for g in range(groups.shape[1]):  # plain sums: cumsum over this small dimension was 10% of the step
+            partial = partial + groups[:, g]
             reconstructions.append(partial)
         return reconstructions
 
     def _loss(self, xn: torch.Tensor, generator: torch.Generator | None) -> LossTerms:
-        code = self._training_code(xn)
-        reconstructions = self.prefix_reconstructions(code.values, code.indices)
+        code, dead = self._training_code(xn)
+        assert code.layout is not None  # a batch top-k code is ragged
+        reconstructions = self.prefix_reconstructions(code.values, code.indices, code.layout)
         terms: LossTerms = {
             f"recon_prefix_{m}": squared_error(xn, x_hat).mean()
             for m, x_hat in zip(self.config.prefixes[:-1], reconstructions[:-1])
         }
         terms["recon"] = squared_error(xn, reconstructions[-1]).mean()
-        terms["aux"] = self._sparse_aux_loss(xn, reconstructions[-1], code)
+        terms["aux"] = self._sparse_aux_loss(xn, reconstructions[-1], code, dead)
         return terms

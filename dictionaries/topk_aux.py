@@ -49,7 +49,7 @@ from dictionaries.auxk import AuxKConfig, AuxKSAE
 from dictionaries.base import LossTerms, SAELensExport, fold_linear_sae, squared_error
 from dictionaries.registry import register
 from dictionaries.sae import topk_activations
-from dictionaries.sparse_topk import sparse_decode
+from dictionaries.sparse_topk import Selection
 from interp_sae.errors import ConfigError
 
 
@@ -75,9 +75,9 @@ class TopKAux(AuxKSAE):
         return topk_activations(self._pre_activations(xn), self.config.k)
 
     def _loss(self, xn: torch.Tensor, generator: torch.Generator | None) -> LossTerms:
-        code = self._sparse_training_code(xn, self.config.k)
-        x_hat = sparse_decode(code.values, code.indices, self.decoder.weight, self.decoder.bias)
-        return {"recon": squared_error(xn, x_hat).mean(), "aux": self._sparse_aux_loss(xn, x_hat, code)}
+        code, dead = self._sparse_training_code(xn, Selection("topk", self.config.k))
+        x_hat = self._sparse_decode(code)
+        return {"recon": squared_error(xn, x_hat).mean(), "aux": self._sparse_aux_loss(xn, x_hat, code, dead)}
 
     def saelens_export(self) -> SAELensExport:
         """SAELens "topk" with apply_b_dec_to_input: it encodes x − b_dec, as this recipe does."""

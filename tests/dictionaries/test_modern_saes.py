@@ -11,8 +11,10 @@ import pytest
 import torch
 
 import dictionaries as D
-from dictionaries.auxk import auxk_loss
-from dictionaries.sparse_topk import batch_topk, dense_from_sparse
+import dictionaries.jumprelu as jumprelu_module
+from dictionaries.auxk import AuxKSAE, auxk_loss
+from dictionaries.jumprelu import jumprelu_ste, step_ste
+from dictionaries.sparse_topk import batch_topk, dense_from_sparse, row_layout
 from interp_sae.errors import ConfigError
 
 d, KAPPA, K = 16, 64, 4
@@ -101,25 +103,44 @@ def test_batchtopk_inference_needs_no_batch_and_keeps_about_k(name):
 
 def test_batch_topk_keeps_k_per_vector_on_average_over_the_batch():
     pre = torch.tensor([[5.0, 4.0, 3.0, -1.0], [0.5, 0.1, 2.0, 0.2]])
-    values, indices = batch_topk(pre, 2)
-    assert values.shape == (2, 3)  # the first row keeps 3, the second 1 (its other slots are zeros)
-    assert torch.equal(values, torch.tensor([[5.0, 4.0, 3.0], [2.0, 0.0, 0.0]]))
+    values, indices, rows = batch_topk(pre, 2)
+    # a ragged code in row-major order: the first row keeps 3, the second 1
+    assert (
+        values.tolist() == [5.0, 4.0, 3.0, 2.0] and indices.tolist() == [0, 1, 2, 2] and rows.tolist() == [0, 0, 0, 1]
+    )
     assert torch.equal(
-        dense_from_sparse(values, indices, 4), torch.tensor([[5.0, 4.0, 3.0, 0.0], [0.0, 0.0, 2.0, 0.0]])
+        dense_from_sparse(values, indices, 4, row_layout(rows, 2)),
+        torch.tensor([[5.0, 4.0, 3.0, 0.0], [0.0, 0.0, 2.0, 0.0]]),
     )
 
 
-@pytest.mark.parametrize(("rows", "n_latents", "k", "seed"), [(64, 96, 3, 0), (7, 40, 5, 1), (16, 8, 8, 2)])
+def dense_batch_topk(pre, k):
+    flat = pre.flatten()
+    return torch.zeros_like(flat).scatter(0, flat.topk(k * pre.shape[0]).indices, 1.0).view_as(pre) * pre
+
+
+@pytest.mark.parametrize(
+    ("rows", "n_latents", "k", "seed"), [(64, 96, 3, 0), (7, 40, 5, 1), (16, 8, 8, 2), (300, 50, 2, 3), (4, 6, 5, 4)]
+)
 def test_batch_topk_equals_the_top_k_times_b_of_the_whole_batch(rows, n_latents, k, seed):
     g = torch.Generator().manual_seed(seed)
     pre = torch.randn(rows, n_latents, generator=g)
-    pre[0] += 10.0  # one row outranks the rest: it keeps all its candidates, so they must widen
-    values, indices = batch_topk(pre, k)
-    flat = pre.flatten()
-    dense = torch.zeros_like(flat).scatter(0, flat.topk(k * rows).indices, 1.0).view_as(pre) * pre
-    assert values.shape[1] > min(n_latents, 4 * k) or values.shape[1] == n_latents
-    assert int((values != 0).sum()) == k * rows
-    torch.testing.assert_close(dense_from_sparse(values, indices, n_latents), dense, rtol=0, atol=0)
+    pre[0] += 10.0  # one row outranks the rest: the cut guessed from the first rows is too high
+    values, indices, batch_rows = batch_topk(pre, k)
+    assert values.shape == indices.shape == batch_rows.shape == (min(k * rows, pre.numel()),)
+    assert bool((batch_rows[1:] >= batch_rows[:-1]).all())  # row-major order
+    layout = row_layout(batch_rows, rows)
+    torch.testing.assert_close(
+        dense_from_sparse(values, indices, n_latents, layout), dense_batch_topk(pre, k), rtol=0, atol=0
+    )
+
+
+def test_batch_topk_breaks_ties_at_the_cut_and_keeps_exactly_k_times_b():
+    pre = torch.tensor([[3.0, 1.0, 1.0], [1.0, 1.0, 0.0]])  # the top 2·2 = 4: 3.0 and three of the four 1.0s
+    values, indices, rows = batch_topk(pre, 2)
+    assert (
+        values.tolist() == [3.0, 1.0, 1.0, 1.0] and indices.tolist() == [0, 1, 2, 0] and rows.tolist() == [0, 0, 0, 1]
+    )
 
 
 def test_batchtopk_threshold_is_a_moving_average_of_the_smallest_kept_activation():
@@ -194,7 +215,7 @@ def test_matryoshka_loss_is_the_sum_of_the_prefix_losses():
 
     with torch.no_grad():
         pre = (x - model.decoder.bias) @ model.encoder.weight.T + model.encoder.bias
-        f = dense_from_sparse(*batch_topk(pre, 2), 4).clamp(min=0)  # chosen once, over the whole dictionary
+        f = dense_batch_topk(pre, 2).clamp(min=0)  # chosen once, over the whole dictionary
         W, b = model.decoder.weight, model.decoder.bias
         by_hand = {m: ((x - (f[:, :m] @ W[:, :m].T + b)) ** 2).sum(-1).mean() for m in (1, 3, 4)}
     assert list(terms) == ["recon_prefix_1", "recon_prefix_3", "recon", "aux"]
@@ -417,3 +438,54 @@ def test_sparse_training_step_equals_the_dense_computation(name):
     assert torch.equal(model.tokens_since_fired, torch.where(fired, 0, m.tokens_since_fired + 32))
     if name != "topk_aux":
         torch.testing.assert_close(model.threshold, expected_threshold)
+
+
+@pytest.mark.parametrize("sparse_below", [1.0, 0.0])
+def test_jumprelu_step_is_the_same_on_the_sparse_and_the_dense_path(sparse_below, monkeypatch):
+    """JumpReLU trains through the sparse path when few latents are active (here: forced, 1.0), else
+    densely (0.0): the same loss terms and gradients (θ's straight-through ones included) as the
+    dense formulas, with entries in the estimators' window and some latents dead (AuxK active)."""
+    monkeypatch.setattr(jumprelu_module, "SPARSE_MAX_ACTIVE_FRACTION", sparse_below)
+    sparse_steps, sparse_code = [], AuxKSAE._sparse_training_code
+
+    def counted(self, *args, **kwargs):
+        sparse_steps.append(1)
+        return sparse_code(self, *args, **kwargs)
+
+    monkeypatch.setattr(AuxKSAE, "_sparse_training_code", counted)
+    fields = {"dead_after_tokens": 64, "aux_k": 6, "bandwidth": 0.2, "target_l0": 6.0, "initial_threshold": 0.3}
+    model = D.create(D.make_config("jumprelu", d=d, n_latents=KAPPA, **fields), seed=0)
+    x = sparse_data(64)
+    model.prepare(x)
+    with torch.no_grad():
+        model.threshold_parameter[KAPPA // 2 :] = 100.0  # these never fire: dead after the next batch
+    model.train()
+    model.loss(x[:32])
+    reference = copy.deepcopy(model)
+
+    terms = model.loss(x[32:])
+    grads = torch.autograd.grad(sum(terms.values()), list(model.parameters()))
+
+    m, xb = reference, x[32:]
+    pre = m.encoder(xb - m.decoder.bias)
+    in_window = ((pre - m.threshold) / 0.2).abs() <= 0.5
+    assert bool((in_window & (pre <= m.threshold)).any())  # inactive entries whose θ gets a gradient
+    f = jumprelu_ste(pre, m.threshold, 0.2)
+    x_hat = m.decoder(f)
+    fired = (f != 0).any(dim=0)
+    dead = (m.tokens_since_fired + 32 >= 64) & ~fired
+    assert bool(dead.any())
+    variance = ((xb - xb.mean(0)) ** 2).sum(-1).mean()
+    expected = {
+        "recon": ((xb - x_hat) ** 2).sum(-1).mean(),
+        "sparsity": m.sparsity_penalty(step_ste(pre, m.threshold, 0.2).sum(-1)),
+        "aux": m.config.aux_coefficient * variance * auxk_loss(pre, xb - x_hat, m.decoder.weight, dead, 6),
+    }
+    assert list(terms) == list(expected)
+    for key in expected:
+        torch.testing.assert_close(terms[key], expected[key])
+    names = [name for name, _ in m.named_parameters()]
+    for name, got, want in zip(names, grads, torch.autograd.grad(sum(expected.values()), list(m.parameters()))):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6, msg=name)
+    assert torch.equal(model.tokens_since_fired, torch.where(fired, 0, m.tokens_since_fired + 32))
+    assert len(sparse_steps) == (2 if sparse_below else 0)

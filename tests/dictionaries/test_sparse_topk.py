@@ -11,12 +11,13 @@ import dictionaries as D
 from dictionaries.base import squared_error
 from dictionaries.sae import SAETopK, topk_activations
 from dictionaries.sparse_topk import (
+    decode_by_latent_range,
     dense_from_sparse,
     fired_latents,
     gather_dots,
+    row_layout,
     scatter_outer,
     sparse_decode,
-    split_slots,
     topk_encode,
     topk_encode_with_aux,
 )
@@ -237,15 +238,36 @@ def test_rejects_bad_arguments():
         sparse_decode(torch.randn(2, 3), torch.zeros(2, 2, dtype=torch.long), decoder.weight)
 
 
-def test_split_slots_groups_a_code_by_latent_range():
-    values = torch.tensor([[5.0, 4.0, 3.0, 0.0], [2.0, 1.0, 0.0, 0.0], [7.0, 6.0, 0.5, 0.25]], requires_grad=True)
-    indices = torch.tensor([[9, 1, 3, 2], [0, 11, 4, 5], [10, 8, 2, 3]])
-    parts = split_slots(values, indices, [4, 8, 12])
-    assert [tuple(v.shape) for v, _ in parts] == [(3, 2), (3, 0), (3, 2)]  # no slot in [4, 8) is non-zero
-    dense = dense_from_sparse(values, indices, 12)
-    for (group_values, group_indices), (start, end) in zip(parts, [(0, 4), (4, 8), (8, 12)]):
-        want = torch.zeros_like(dense)
-        want[:, start:end] = dense[:, start:end]
-        torch.testing.assert_close(dense_from_sparse(group_values, group_indices, 12), want)
-    (grad,) = grads(sum(v.sum() for v, _ in parts), [values])
-    assert torch.equal(grad, (values != 0).float())  # every non-zero slot reaches exactly one group
+def test_decode_by_latent_range_decodes_each_range_of_a_ragged_code():
+    torch.manual_seed(0)
+    decoder = nn.Linear(12, 3)
+    values = torch.tensor([4.0, 3.0, 5.0, 2.0, 1.0, 0.5, 6.0, 7.0], requires_grad=True)
+    indices = torch.tensor([1, 3, 9, 0, 11, 2, 8, 10])  # ascending within each row, as batch_topk gives
+    layout = row_layout(torch.tensor([0, 0, 0, 1, 1, 3, 3, 3]), 4)  # row 2 has no entry
+    probe = torch.randn(4, 3, 3)
+    parts = decode_by_latent_range(values, indices, layout, decoder.weight, [4, 8, 12])
+    dense = dense_from_sparse(values, indices, 12, layout)
+    want = torch.stack([dense[:, a:b] @ decoder.weight[:, a:b].T for a, b in [(0, 4), (4, 8), (8, 12)]], dim=1)
+    torch.testing.assert_close(parts, want)
+    assert torch.equal(parts[:, 1], torch.zeros(4, 3))  # no entry in [4, 8)
+    params = [values, decoder.weight]
+    for got, expected in zip(grads((probe * parts).sum(), params), grads((probe * want).sum(), params)):
+        torch.testing.assert_close(got, expected)
+
+
+def test_a_ragged_decode_equals_the_dense_one_with_gradients():
+    torch.manual_seed(0)
+    decoder = nn.Linear(10, 4)
+    values = torch.rand(6, requires_grad=True)
+    indices = torch.tensor([3, 3, 7, 0, 9, 2])  # a latent repeated in row 0
+    layout = row_layout(torch.tensor([0, 0, 0, 2, 2, 3]), 5)  # rows 1 and 4 are empty
+    probe = torch.randn(5, 4)
+    x_hat = sparse_decode(values, indices, decoder.weight, decoder.bias, layout)
+    dense = dense_from_sparse(values, indices, 10, layout)
+    x_hat_dense = decoder(dense)
+    torch.testing.assert_close(x_hat, x_hat_dense)
+    params = [values, decoder.weight, decoder.bias]
+    for got, want in zip(grads((probe * x_hat).sum(), params), grads((probe * x_hat_dense).sum(), params)):
+        torch.testing.assert_close(got, want)
+    empty = sparse_decode(values[:0], indices[:0], decoder.weight, decoder.bias, row_layout(indices[:0], 3))
+    assert torch.equal(empty, decoder.bias.expand(3, 4))
