@@ -43,8 +43,13 @@ Dictionaries, each tool with its own recommended recipe at the same width:
   Each is saved with `save_inference_model` and imported with `interp_sae.saelens.import_saelens`;
   the child also runs SAELens's own inference SAE on the first held-out vectors, and the parent
   checks that the imported dictionary gives the same reconstruction (`import_max_rel_diff`).
-- Learning rate, shared: Adam at --lr with a linear warm-up over 5% of the steps, then cosine decay
-  to lr/10 (our `warmup_cosine`; SAELens's optimiser gets the same per-step values).
+- Learning rate, swept: both tools train at every --lr (default 5e-3 and 1e-2; each its own run
+  folder), Adam with a linear warm-up over 5% of the steps, then cosine decay to lr/10 (our
+  `warmup_cosine`; SAELens's optimiser gets the same per-step values). Each dictionary is then
+  taken at the lr its tool does best with (`best_learning_rate`): the lowest held-out FVU among the
+  lrs that leave at most 5% of its latents dead, or the lowest FVU if none does; the same rule for
+  both tools. It picks on the held-out FVU it then reports, so both sides' figures are a little
+  optimistic, alike.
 
 Evaluation, one function for both: `dictionaries.evaluate` on the same held-out vectors (centred
 FVU, L0, dead fraction = latents never active on them) and `interp_sae.splice.loss_recovered`
@@ -63,17 +68,17 @@ verdict: at 35 steps neither tool is trained. Measured from nothing (no store) o
 CPU cores: 3 min 39 s (model load + harvest 78 s, our training 65 s, SAELens 43 s including its
 import, scoring 19 s); on the same cores shared with other jobs (load ~6) the harvest alone took
 3.3 min, so expect up to ~8 min. Building the SAELens venv the first time adds about 6 minutes.
-Reruns reuse the store and the trained dictionaries (OUT/runs/TAG, keyed by the settings) and only
-score again. The full run (~200 steps of 4096 at width 2048, 26 dictionaries, loss recovered on 64
+Reruns reuse the store and the trained dictionaries (OUT/runs/TAG, one per lr, keyed by the
+settings) and only score again. The full run (~200 steps of 4096 at width 2048, 26 dictionaries, loss recovered on 64
 rows) takes hours on such a CPU; the SAELens venv holds the CPU build of torch, so its side runs on
 the CPU even where ours has a GPU.
 
 Where the comparison can be unfair (read the numbers with these in mind):
-- One shared learning rate. At short budgets the ranking moves with it: SAELens starts from a
+- Two learning rates only. At short budgets the ranking moves with the lr: SAELens starts from a
   0.1-norm decoder and gains most from a high lr (--small, k = 32, TopK FVU ours/SAELens:
-  lr 1e-3 0.58/1.53, 2e-3 0.47/0.88, 5e-3 0.37/0.43, 1e-2 0.34/0.36), while at 1e-2 our
-  BatchTopK/Matryoshka lose 40% of their latents. 5e-3 (our trainer's default) is not tuned for
-  either side; a per-tool lr sweep is the fairer protocol when time allows.
+  lr 1e-3 0.58/1.53, 2e-3 0.47/0.88, 5e-3 0.37/0.43, 1e-2 0.34/0.36); ours at 1e-2 can lose
+  latents (full run, TopK k = 64: FVU 0.147 with 8.7% dead, against 0.158 and 0% at 5e-3), which
+  the selection rule then refuses. A finer sweep would serve both tools.
 - Short runs hurt the estimated inference thresholds: SAELens's BatchTopK/Matryoshka threshold is an
   EMA that starts at 0 with rate 0.01 (≈30% converged after 35 steps, ≈86% after 200), so its
   inference L0 is far above k (--small: ~170-310, FVU > 1); ours starts at the first batch's value
@@ -229,6 +234,19 @@ def verdict(pair: dict) -> str:
     if pair["l0_saelens"] <= pair["l0_ours"] and pair["fvu_saelens"] <= pair["fvu_ours"]:
         return "saelens"
     return "undecided"
+
+
+def best_learning_rate(rows_by_lr: dict[float, dict[str, dict]]) -> dict[str, dict]:
+    """Each dictionary at the learning rate its tool does best with: of its rows (one per learning
+    rate), the lowest held-out FVU among those with at most DEAD_TARGET dead latents, or the lowest
+    FVU if none has so few. The same rule for both tools, and for every family and k on its own."""
+    names = dict.fromkeys(name for rows in rows_by_lr.values() for name in rows)
+    best = {}
+    for name in names:
+        candidates = [rows[name] for rows in rows_by_lr.values() if name in rows]
+        healthy = [row for row in candidates if row["dead"] <= DEAD_TARGET]
+        best[name] = min(healthy or candidates, key=lambda row: row["fvu"])
+    return best
 
 
 def summarise(rows: dict[str, dict], pairs: list[dict]) -> dict[str, Any]:
@@ -480,7 +498,7 @@ def our_configs(args: argparse.Namespace, d: int) -> dict[str, Any]:
     return configs
 
 
-def saelens_job(args: argparse.Namespace, run: Path, steps_lrs: list[float], store: Any) -> dict[str, Any]:
+def saelens_job(args: argparse.Namespace, run: Path, lr: float, steps_lrs: list[float], store: Any) -> dict[str, Any]:
     saes = {}
     for family, (_, architecture) in FAMILIES.items():
         for k in args.ks:
@@ -496,7 +514,7 @@ def saelens_job(args: argparse.Namespace, run: Path, steps_lrs: list[float], sto
         "heldout": str(run / "data" / "heldout.safetensors"),
         "batch_size": args.batch_size,
         "width": args.width,
-        "lr": args.lr,
+        "lr": lr,
         "lrs": steps_lrs,
         "seed": args.seed,
         "saes": saes,
@@ -509,15 +527,65 @@ def saelens_job(args: argparse.Namespace, run: Path, steps_lrs: list[float], sto
     }
 
 
-def evaluate_all(args, run: Path, heldout, outliers, cap, store, lm, timings: dict) -> dict[str, dict]:
-    """Every dictionary, ours and imported, scored by the same functions on the same held-out vectors
-    (and, for the record, with the held-out outliers too: `fvu_with_outliers`)."""
+def train_both(args, run: Path, lr: float, epochs: int, train, heldout, order, store, python, device, timings) -> None:
+    """Our dictionaries and SAELens's, trained at `lr` on the same batches, into `run` (each side
+    resumes, or skips what is already trained, when run again)."""
+    from safetensors.torch import save_file
+
+    import dictionaries as D
+    from activation_cache import Split
+    from interp_sae.provenance import data_provenance
+
+    (run / "data").mkdir(parents=True, exist_ok=True)
+    save_file({"vectors": train.contiguous(), "order": order}, run / "data" / "train.safetensors")
+    save_file({"vectors": heldout.contiguous()}, run / "data" / "heldout.safetensors")
+    steps = order.shape[0] // args.batch_size
+    schedule, lrs = learning_rates(lr, steps, args.warmup_fraction)
+    t = time.perf_counter()
+    D.train(
+        our_configs(args, train.shape[1]),
+        D.TensorBatchSource(train, args.batch_size, seed=args.seed),
+        run / "ours",
+        D.TrainConfig(
+            epochs=epochs,
+            lr=lr,
+            schedule=schedule,
+            seed=args.seed,
+            device=str(device),
+            normalize_input=True,
+            checkpoint_every=max(1, steps // 5),  # a killed run resumes when run again
+            log_every=max(1, steps // 4),
+            eval_max_vectors=min(4096, heldout.shape[0]),
+            curve_vectors=min(1024, heldout.shape[0]),
+            progress=False,
+        ),
+        eval_source=D.TensorBatchSource(heldout, args.batch_size, shuffle=False, drop_last=False),
+        metadata=data_provenance(store, HOOK, Split()),
+    )
+    timings[f"train_ours_lr{lr:g}_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    job = saelens_job(args, run, lr, lrs, store)
+    (run / "saelens").mkdir(exist_ok=True)
+    (run / "saelens_job.json").write_text(json.dumps(job, indent=1))
+    subprocess.run(
+        [python, Path(__file__).resolve(), "--child", run / "saelens_job.json"],
+        check=True,
+        cwd=run,
+        env={**os.environ, "TQDM_DISABLE": "1"},  # SAELens's progress bars, one per SAE, say nothing the log does not
+    )
+    timings[f"train_saelens_lr{lr:g}_s"] = time.perf_counter() - t
+
+
+def score_run(args, run: Path, lr: float, heldout, outliers) -> dict[str, dict]:
+    """Every dictionary of one run (one learning rate), ours and imported, scored by the same
+    functions on the same held-out vectors (and, for the record, with the held-out outliers too:
+    `fvu_with_outliers`). Loss recovered comes later, for the learning rate each tool keeps."""
     import torch
     from safetensors.torch import load_file
 
     import dictionaries as D
     from interp_sae.saelens import import_saelens
-    from interp_sae.splice import loss_recovered
 
     source = D.TensorBatchSource(heldout, args.batch_size, shuffle=False, drop_last=False)
     every = torch.cat([heldout, outliers])
@@ -531,13 +599,14 @@ def evaluate_all(args, run: Path, heldout, outliers, cap, store, lm, timings: di
     for architecture in PLOT_ONLY:
         folders[dictionary_name("ours", architecture)] = (architecture, None, run / "ours" / architecture)
     rows: dict[str, dict] = {}
-    start = time.perf_counter()
     for name, (family, k, folder) in folders.items():
         model = D.load_dictionary(folder).to(heldout.device)
         report = D.evaluate(model, source, max_vectors=heldout.shape[0])
         row = {
             "family": family,
             "k": k,
+            "lr": lr,
+            "folder": str(folder),
             "architecture": model.architecture,
             "fvu": report["fvu_deterministic"],
             "l0": report["ad_mean"],
@@ -553,18 +622,27 @@ def evaluate_all(args, run: Path, heldout, outliers, cap, store, lm, timings: di
                 recon = model(heldout[:CHECK_VECTORS]).cpu()
             row["import_rel_diff"] = float((recon - check["recon"]).abs().max() / check["recon"].abs().max())
             row["saelens_record"] = json.loads((run / "saelens" / f"{family}-k{k}.json").read_text())
-        if lm is not None and family in FAMILIES and k in args.loss_ks:
-            scored = loss_recovered(lm, model, store, hook=HOOK, max_rows=args.loss_rows, max_norm=cap)
-            row["loss_recovered"] = scored["fraction_recovered"]
-            row["loss_predictions"] = scored["predictions"]
         rows[name] = row
         print(
-            f"  scored {name:<26} FVU {row['fvu']:.4f}  L0 {row['l0']:7.2f}  dead {row['dead']:.3f}"
-            + (f"  loss rec. {row['loss_recovered']:.3f}" if row["loss_recovered"] is not None else ""),
+            f"  lr {lr:g}: scored {name:<26} FVU {row['fvu']:.4f}  L0 {row['l0']:7.2f}  dead {row['dead']:.3f}",
             flush=True,
         )
-    timings["evaluate_s"] = time.perf_counter() - start
     return rows
+
+
+def add_loss_recovered(args, rows: dict[str, dict], cap, store, lm, device) -> None:
+    """The fraction of LM loss recovered with each kept dictionary spliced in (the families' rows at --loss-ks)."""
+    import dictionaries as D
+    from interp_sae.splice import loss_recovered
+
+    for name, row in rows.items():
+        if lm is None or row["family"] not in FAMILIES or row["k"] not in args.loss_ks:
+            continue
+        model = D.load_dictionary(Path(row["folder"])).to(device)
+        scored = loss_recovered(lm, model, store, hook=HOOK, max_rows=args.loss_rows, max_norm=cap)
+        row["loss_recovered"] = scored["fraction_recovered"]
+        row["loss_predictions"] = scored["predictions"]
+        print(f"  loss recovered {name:<26} {row['loss_recovered']:.3f}", flush=True)
 
 
 def plot_frontier(rows: dict[str, dict], path: Path, title: str) -> None:
@@ -610,14 +688,14 @@ def plot_frontier(rows: dict[str, dict], path: Path, title: str) -> None:
 
 
 def print_tables(rows: dict[str, dict], pairs: list[dict]) -> None:
-    header = f"{'dictionary':<26}{'arch':>12}{'L0':>9}{'FVU':>9}{'FVU+out':>9}{'dead':>8}{'dense':>8}{'loss rec.':>11}"
+    header = f"{'dictionary':<26}{'arch':>12}{'lr':>8}{'L0':>9}{'FVU':>9}{'FVU+out':>9}{'dead':>8}{'dense':>8}{'loss rec.':>11}"
     print(f"\n{header}{'train s':>9}")
     for name, r in rows.items():
         record = r.get("saelens_record") or {}
         loss = f"{r['loss_recovered']:.3f}" if r["loss_recovered"] is not None else "-"
         seconds = f"{record['seconds']:.0f}" if "seconds" in record else "-"
         print(
-            f"{name:<26}{r['architecture']:>12}{r['l0']:>9.2f}{r['fvu']:>9.4f}{r['fvu_with_outliers']:>9.4f}"
+            f"{name:<26}{r['architecture']:>12}{r['lr']:>8g}{r['l0']:>9.2f}{r['fvu']:>9.4f}{r['fvu_with_outliers']:>9.4f}"
             f"{r['dead']:>8.3f}{r['dense']:>8.3f}"
             f"{loss:>11}{seconds:>9}"
         )
@@ -648,7 +726,13 @@ def main() -> None:
     parser.add_argument("--heldout-vectors", type=int, default=None, help="held-out vectors evaluated")
     parser.add_argument("--loss-rows", type=int, default=None, help="rows of 128 tokens for loss recovered, 0 = skip")
     parser.add_argument("--loss-ks", type=int, nargs="+", default=None, help="ks whose pairs get loss recovered")
-    parser.add_argument("--lr", type=float, default=5e-3, help="Adam lr of both tools (warm-up, cosine to lr/10)")
+    parser.add_argument(
+        "--lr",
+        type=float,
+        nargs="+",
+        default=[5e-3, 1e-2],
+        help="Adam lrs (warm-up, cosine to lr/10): both tools train at each, and each keeps its best per dictionary",
+    )
     parser.add_argument("--warmup-fraction", type=float, default=0.05)
     parser.add_argument(
         "--max-norm-ratio",
@@ -669,10 +753,7 @@ def main() -> None:
 
 
 def run_benchmark(args: argparse.Namespace) -> None:
-    from safetensors.torch import save_file
 
-    import dictionaries as D
-    from interp_sae.provenance import data_provenance
     from interp_sae.runtime import resolve_device
 
     start, timings = time.perf_counter(), {}
@@ -688,7 +769,6 @@ def run_benchmark(args: argparse.Namespace) -> None:
 
     store, lm = harvest_store(args, out)
     timings["harvest_and_model_s"] = time.perf_counter() - start - timings["venv_s"]
-    from activation_cache import Split
 
     train = side_vectors(store, "train", args.max_train_vectors)
     cap = norm_cap(train, args.max_norm_ratio)
@@ -698,26 +778,9 @@ def run_benchmark(args: argparse.Namespace) -> None:
     epochs = epochs_for(train.shape[0], args.batch_size, args.min_train_tokens)
     order = batch_order(train.shape[0], args.batch_size, epochs, args.seed)
     steps = order.shape[0] // args.batch_size
-    schedule, lrs = learning_rates(args.lr, steps, args.warmup_fraction)
-    identity = {
-        "store": store.fingerprint,
-        "train": list(train.shape),
-        "heldout": list(heldout.shape),
-        "epochs": epochs,
-        **{
-            key: getattr(args, key)
-            for key in ("width", "ks", "batch_size", "lr", "warmup_fraction", "seed", "max_norm_ratio")
-        },
-    }
-    tag = f"w{args.width}-b{args.batch_size}-s{steps}-" + hashlib.sha1(json.dumps(identity).encode()).hexdigest()[:8]
-    run = out / "runs" / tag
-    (run / "data").mkdir(parents=True, exist_ok=True)
-    save_file({"vectors": train.contiguous(), "order": order}, run / "data" / "train.safetensors")
-    save_file({"vectors": heldout.contiguous()}, run / "data" / "heldout.safetensors")
     print(
         f"store {store.root}: {len(store):,} vectors; train side {train.shape[0]:,} vectors × {epochs} epoch(s) = "
-        f"{steps} steps of {args.batch_size} ({steps * args.batch_size:,} training tokens); held-out {heldout.shape[0]:,}; "
-        f"run folder {run}",
+        f"{steps} steps of {args.batch_size} ({steps * args.batch_size:,} training tokens); held-out {heldout.shape[0]:,}",
         flush=True,
     )
     if cap is not None:
@@ -729,48 +792,37 @@ def run_benchmark(args: argparse.Namespace) -> None:
         )
 
     device = resolve_device(args.device)
+    identities, rows_by_lr = {}, {}
+    for lr in args.lr:
+        identity = {
+            "store": store.fingerprint,
+            "train": list(train.shape),
+            "heldout": list(heldout.shape),
+            "epochs": epochs,
+            **{key: getattr(args, key) for key in ("width", "ks", "batch_size")},
+            "lr": lr,
+            **{key: getattr(args, key) for key in ("warmup_fraction", "seed", "max_norm_ratio")},
+        }
+        digest = hashlib.sha1(json.dumps(identity).encode()).hexdigest()[:8]
+        run = out / "runs" / f"w{args.width}-b{args.batch_size}-s{steps}-{digest}"
+        identities[str(run)] = identity
+        print(f"lr {lr:g}: run folder {run}", flush=True)
+        train_both(args, run, lr, epochs, train, heldout, order, store, python, device, timings)
+        rows_by_lr[lr] = score_run(args, run, lr, heldout.to(device), outliers.to(device))
+    rows = best_learning_rate(rows_by_lr)
     t = time.perf_counter()
-    D.train(
-        our_configs(args, train.shape[1]),
-        D.TensorBatchSource(train, args.batch_size, seed=args.seed),
-        run / "ours",
-        D.TrainConfig(
-            epochs=epochs,
-            lr=args.lr,
-            schedule=schedule,
-            seed=args.seed,
-            device=str(device),
-            normalize_input=True,
-            checkpoint_every=max(1, steps // 5),  # a killed run resumes when run again
-            log_every=max(1, steps // 4),
-            eval_max_vectors=min(4096, heldout.shape[0]),
-            curve_vectors=min(1024, heldout.shape[0]),
-            progress=False,
-        ),
-        eval_source=D.TensorBatchSource(heldout, args.batch_size, shuffle=False, drop_last=False),
-        metadata=data_provenance(store, HOOK, Split()),
-    )
-    timings["train_ours_s"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    job = saelens_job(args, run, lrs, store)
-    (run / "saelens").mkdir(exist_ok=True)
-    (run / "saelens_job.json").write_text(json.dumps(job, indent=1))
-    subprocess.run(
-        [python, Path(__file__).resolve(), "--child", run / "saelens_job.json"],
-        check=True,
-        cwd=run,
-        env={**os.environ, "TQDM_DISABLE": "1"},  # SAELens's progress bars, one per SAE, say nothing the log does not
-    )
-    timings["train_saelens_s"] = time.perf_counter() - t
-
-    heldout = heldout.to(device)
-    rows = evaluate_all(args, run, heldout, outliers.to(device), cap, store, lm, timings)
+    add_loss_recovered(args, rows, cap, store, lm, device)
+    timings["loss_recovered_s"] = time.perf_counter() - t
     pairs = pair_up(rows, args.ks)
     summary = summarise(rows, pairs)
+    lr_text = (
+        f"lr {args.lr[0]:g}"
+        if len(args.lr) == 1
+        else "lr: each tool's best of " + ", ".join(f"{lr:g}" for lr in args.lr)
+    )
     title = (
         f"SmolLM2-135M {HOOK}, {args.width} latents\n{steps} steps × {args.batch_size} "
-        f"({steps * args.batch_size:,} training tokens), lr {args.lr:g}, {heldout.shape[0]:,} held-out vectors"
+        f"({steps * args.batch_size:,} training tokens), {lr_text}, {heldout.shape[0]:,} held-out vectors"
     )
     plot_frontier(rows, out / "frontier.png", title)
     timings["total_s"] = time.perf_counter() - start
@@ -793,15 +845,14 @@ def run_benchmark(args: argparse.Namespace) -> None:
     }
     results = {
         "settings": {**vars(args), "out": str(args.out), "venv": str(args.venv), "child": None},
-        "identity": identity,
-        "run": str(run),
+        "runs": identities,
         "timings": timings,
         "rows": rows,
+        "rows_by_lr": {str(lr): lr_rows for lr, lr_rows in rows_by_lr.items()},
         "pairs": pairs,
         "summary": {**summary, **extra},
     }
     (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
-    (run / "results.json").write_text(json.dumps(results, indent=1, default=str))
     print_tables(rows, pairs)
     print("\ntimings (s): " + ", ".join(f"{key} {value:.0f}" for key, value in timings.items()))
     print(f"frontier: {out / 'frontier.png'}; results: {out / 'results.json'}")

@@ -8,6 +8,7 @@ import torch
 import dictionaries as D
 from benchmarks.quality_vs_saelens import (
     batch_order,
+    best_learning_rate,
     dictionary_name,
     epochs_for,
     interpolate_fvu,
@@ -130,3 +131,19 @@ def test_variance_share_is_the_outliers_part_of_the_centred_sum_of_squares():
     typical, outliers = torch.tensor([[1.0], [-1.0]]), torch.tensor([[3.0]])  # mean 1: squares 0, 4, 4
     assert variance_share(typical, outliers) == pytest.approx(0.5)
     assert variance_share(typical, typical[:0]) == 0.0
+
+
+def test_each_tool_keeps_its_best_learning_rate_among_the_healthy_ones():
+    def row(fvu, dead):
+        return {"fvu": fvu, "dead": dead}
+
+    rows_by_lr = {
+        5e-3: {"ours/topk-k64": row(0.158, 0.00), "saelens/topk-k64": row(0.155, 0.31), "ours/vaease": row(0.3, 0.8)},
+        1e-2: {"ours/topk-k64": row(0.147, 0.087), "saelens/topk-k64": row(0.150, 0.40), "ours/vaease": row(0.2, 0.9)},
+        2e-2: {"ours/topk-k64": row(0.157, 0.01)},  # a dictionary missing at one lr is judged on the others
+    }
+    best = best_learning_rate(rows_by_lr)
+    assert list(best) == ["ours/topk-k64", "saelens/topk-k64", "ours/vaease"]
+    assert best["ours/topk-k64"] is rows_by_lr[2e-2]["ours/topk-k64"]  # 1e-2's is better but 8.7% dead
+    assert best["saelens/topk-k64"] is rows_by_lr[1e-2]["saelens/topk-k64"]  # none healthy: the lowest FVU
+    assert best["ours/vaease"] is rows_by_lr[1e-2]["ours/vaease"]
