@@ -46,10 +46,10 @@ Dictionaries, each tool with its own recommended recipe at the same width:
 - Learning rate, swept: both tools train at every --lr (default 5e-3 and 1e-2; each its own run
   folder), Adam with a linear warm-up over 5% of the steps, then cosine decay to lr/10 (our
   `warmup_cosine`; SAELens's optimiser gets the same per-step values). Each dictionary is then
-  taken at the lr its tool does best with (`best_learning_rate`): the lowest held-out FVU among the
-  lrs that leave at most 5% of its latents dead, or the lowest FVU if none does; the same rule for
-  both tools. It picks on the held-out FVU it then reports, so both sides' figures are a little
-  optimistic, alike.
+  taken at the lr its tool does best with (`best_learning_rate`), by one rule for both tools: the
+  runs whose held-out L0 is within ±5% of k (else the one closest to k), of those the ones with at
+  most 5% of their latents dead (if any), of those the lowest held-out FVU. It picks on the
+  held-out figures it then reports, so both sides' figures are a little optimistic, alike.
 
 Evaluation, one function for both: `dictionaries.evaluate` on the same held-out vectors (centred
 FVU, L0, dead fraction = latents never active on them) and `interp_sae.splice.loss_recovered`
@@ -237,15 +237,22 @@ def verdict(pair: dict) -> str:
 
 
 def best_learning_rate(rows_by_lr: dict[float, dict[str, dict]]) -> dict[str, dict]:
-    """Each dictionary at the learning rate its tool does best with: of its rows (one per learning
-    rate), the lowest held-out FVU among those with at most DEAD_TARGET dead latents, or the lowest
-    FVU if none has so few. The same rule for both tools, and for every family and k on its own."""
+    """Each dictionary at the learning rate its tool does best with, by the same rule for both tools
+    and for every family and k on its own: first the target L0, k (the rows within ±5% of it, or else
+    the one row closest to it, in ratio), then health (of those, the rows with at most DEAD_TARGET
+    dead latents, if any), then the lowest held-out FVU. Without L0 first, a JumpReLU that never
+    reached its target would win on FVU at several times the L0."""
     names = dict.fromkeys(name for rows in rows_by_lr.values() for name in rows)
     best = {}
     for name in names:
         candidates = [rows[name] for rows in rows_by_lr.values() if name in rows]
-        healthy = [row for row in candidates if row["dead"] <= DEAD_TARGET]
-        best[name] = min(healthy or candidates, key=lambda row: row["fvu"])
+        k = candidates[0]["k"]
+        pool = candidates
+        if k is not None:
+            on_target = [row for row in candidates if abs(row["l0"] / k - 1) <= L0_TOLERANCE]
+            pool = on_target or [min(candidates, key=lambda row: abs(math.log(max(row["l0"], 1e-9) / k)))]
+        healthy = [row for row in pool if row["dead"] <= DEAD_TARGET]
+        best[name] = min(healthy or pool, key=lambda row: row["fvu"])
     return best
 
 

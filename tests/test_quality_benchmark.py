@@ -133,17 +133,29 @@ def test_variance_share_is_the_outliers_part_of_the_centred_sum_of_squares():
     assert variance_share(typical, typical[:0]) == 0.0
 
 
-def test_each_tool_keeps_its_best_learning_rate_among_the_healthy_ones():
-    def row(fvu, dead):
-        return {"fvu": fvu, "dead": dead}
+def test_each_tool_keeps_the_learning_rate_nearest_its_target_then_healthy_then_best():
+    def row(fvu, dead, l0=64.0, k=64):
+        return {"fvu": fvu, "dead": dead, "l0": l0, "k": k}
 
     rows_by_lr = {
-        5e-3: {"ours/topk-k64": row(0.158, 0.00), "saelens/topk-k64": row(0.155, 0.31), "ours/vaease": row(0.3, 0.8)},
-        1e-2: {"ours/topk-k64": row(0.147, 0.087), "saelens/topk-k64": row(0.150, 0.40), "ours/vaease": row(0.2, 0.9)},
+        5e-3: {
+            "ours/topk-k64": row(0.158, 0.00),
+            "saelens/topk-k64": row(0.155, 0.31),
+            "saelens/jumprelu-k32": row(0.083, 0.01, l0=290.0, k=32),
+            "ours/vaease": row(0.3, 0.8, l0=40.0, k=None),
+        },
+        1e-2: {
+            "ours/topk-k64": row(0.147, 0.087),
+            "saelens/topk-k64": row(0.160, 0.40),
+            "saelens/jumprelu-k32": row(0.203, 0.24, l0=36.8, k=32),
+            "ours/vaease": row(0.2, 0.9, l0=35.0, k=None),
+        },
         2e-2: {"ours/topk-k64": row(0.157, 0.01)},  # a dictionary missing at one lr is judged on the others
     }
     best = best_learning_rate(rows_by_lr)
-    assert list(best) == ["ours/topk-k64", "saelens/topk-k64", "ours/vaease"]
+    assert list(best) == ["ours/topk-k64", "saelens/topk-k64", "saelens/jumprelu-k32", "ours/vaease"]
     assert best["ours/topk-k64"] is rows_by_lr[2e-2]["ours/topk-k64"]  # 1e-2's is better but 8.7% dead
-    assert best["saelens/topk-k64"] is rows_by_lr[1e-2]["saelens/topk-k64"]  # none healthy: the lowest FVU
-    assert best["ours/vaease"] is rows_by_lr[1e-2]["ours/vaease"]
+    assert best["saelens/topk-k64"] is rows_by_lr[5e-3]["saelens/topk-k64"]  # none healthy: the lowest FVU
+    # neither is within 5% of L0 32: the closer one, though its FVU is worse and a quarter of it is dead
+    assert best["saelens/jumprelu-k32"] is rows_by_lr[1e-2]["saelens/jumprelu-k32"]
+    assert best["ours/vaease"] is rows_by_lr[1e-2]["ours/vaease"]  # no target L0: the lowest FVU
