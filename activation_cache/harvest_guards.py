@@ -3,17 +3,15 @@ store already holds, and the same number of processes as the harvest that starte
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
-import os
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from interp_sae.errors import InterpSAEError
+from interp_sae.folder_lock import exclusive_folder
 from interp_sae.runtime import Cluster
 
 from .models import LanguageModel
@@ -53,29 +51,15 @@ def settings_identity(config: HarvestConfig, model: LanguageModel | None) -> dic
     return identity
 
 
-@contextmanager
-def store_lock(out: Path, name: str = LOCK_NAME) -> Iterator[None]:
-    """One harvest per folder (per stream under torchrun). flock is released by the kernel when
-    a process dies, so a killed harvest never leaves a lock that blocks the next run."""
-    handle = open(out / name, "a+")  # noqa: SIM115 (held while the lock is)
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.seek(0)
-        holder = handle.read().strip() or "unknown"
-        handle.close()
-        raise HarvestError(
+def store_lock(out: Path, name: str = LOCK_NAME) -> AbstractContextManager[None]:
+    """One harvest per folder (per stream under torchrun)."""
+    return exclusive_folder(
+        out,
+        name,
+        lambda holder: HarvestError(
             f"another harvest (pid {holder}) is writing to {out}; wait for it, or choose another --out"
-        ) from None
-    try:
-        handle.seek(0)
-        handle.truncate()
-        handle.write(str(os.getpid()))
-        handle.flush()
-        yield
-    finally:
-        fcntl.flock(handle, fcntl.LOCK_UN)
-        handle.close()
+        ),
+    )
 
 
 def check_same_settings(existing: Manifest, identity: dict, out: Path) -> None:

@@ -17,7 +17,7 @@ from dictionaries.io import FORMAT_VERSION, load_dictionary, save_dictionary
 from dictionaries.metrics import ad_re_curve, evaluate, two_means_low_mask
 from dictionaries.registry import REGISTRY, create, dictionary_class, make_config, register
 from dictionaries.schedules import ScheduleConfig, learning_rate
-from dictionaries.trainer import NonFiniteLossError, TrainConfig, TrainResult, train, training_step
+from dictionaries.trainer import NonFiniteLossError, RunBusyError, TrainConfig, TrainResult, train, training_step
 from dictionaries.weights import ESTIMATORS, estimate_weights, load_weights_file
 
 __all__ = [
@@ -30,6 +30,7 @@ __all__ = [
     "DictionaryConfig",
     "LossTerms",
     "NonFiniteLossError",
+    "RunBusyError",
     "SAELensExport",
     "ScheduleConfig",
     "TensorBatchSource",

@@ -28,6 +28,7 @@ import json
 import math
 import time
 from collections.abc import Mapping
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, cast
@@ -46,9 +47,11 @@ from dictionaries.run_log import RunLog
 from dictionaries.schedules import ScheduleConfig, learning_rate
 from interp_sae.atomic import remove_stale_temporaries, write_json_atomic
 from interp_sae.errors import ConfigError, InterpSAEError
+from interp_sae.folder_lock import exclusive_folder
 from interp_sae.runtime import Cluster, join_cluster, resolve_device
 
 CHECKPOINT_FILE = "checkpoint.safetensors"
+TRAIN_LOCK_FILE = ".train.lock"
 # Purposes for derive_seed, so initialisation, training noise and evaluation noise never share a stream.
 _INIT, _NOISE, _EVAL_NOISE = 0, 1, 2
 
@@ -110,6 +113,10 @@ class TrainConfig:
 
 class NonFiniteLossError(InterpSAEError, FloatingPointError):
     """A loss term became NaN or Inf; training stopped before applying the update."""
+
+
+class RunBusyError(InterpSAEError, RuntimeError):
+    """Another process is training into the same folder."""
 
 
 @dataclass
@@ -538,6 +545,26 @@ def train(
         raise ConfigError("nothing to train: pass at least one dictionary")
     config = config or TrainConfig()
     run = _Run(dict(dictionaries), train_source, out_dir, config, eval_source, metadata or {}, inputs, own_metadata)
+    with _one_writer(run):
+        return _train(run, config)
+
+
+def _one_writer(run: _Run) -> AbstractContextManager[None]:
+    """Two runs writing one folder would overwrite each other's checkpoint (and each resume from
+    the other's): the main rank holds the folder's lock for the whole run."""
+    if not run.cluster.is_main:
+        return nullcontext()
+    return exclusive_folder(
+        run.out_dir,
+        TRAIN_LOCK_FILE,
+        lambda holder: RunBusyError(
+            f"another training run (pid {holder}) is writing to {run.out_dir}; wait for it to end "
+            "(then this command resumes or reuses it), or train into another folder"
+        ),
+    )
+
+
+def _train(run: _Run, config: TrainConfig) -> TrainResult:
     run.start()
     run_id = hashlib.sha1(json.dumps([str(run.out_dir.resolve()), run.signature]).encode()).hexdigest()[:12]
     log = RunLog(

@@ -14,6 +14,8 @@ from safetensors.torch import load_file
 import dictionaries as D
 from dictionaries.checkpoint import load_checkpoint
 from dictionaries.data import within_norm
+from dictionaries.trainer import TRAIN_LOCK_FILE
+from interp_sae.folder_lock import exclusive_folder
 
 QUIET = dict(progress=False, log_every=10_000, checkpoint_every=0)
 
@@ -196,6 +198,25 @@ def test_resume_refuses_a_different_run(tmp_path):
     D.train({"s": D.make_config("sae_l1", d=8, n_latents=6)}, source, tmp_path, D.TrainConfig(epochs=1, **QUIET))
     with pytest.raises(ValueError, match="belongs to a run with different dictionaries; use a new out_dir"):
         D.train({"s": D.make_config("sae_l1", d=8, n_latents=7)}, source, tmp_path, D.TrainConfig(epochs=1, **QUIET))
+
+
+def test_a_second_run_into_a_busy_folder_is_refused_and_changes_nothing(tmp_path):
+    source = D.TensorBatchSource(subspace_data(256), 64)
+    config = {"s": D.make_config("sae_l1", d=8, n_latents=6)}
+    D.train(config, source, tmp_path, D.TrainConfig(epochs=1, **QUIET))
+
+    def snapshot():
+        return {p: p.read_bytes() for p in sorted(tmp_path.rglob("*")) if p.is_file() and p.name != TRAIN_LOCK_FILE}
+
+    before = snapshot()
+    # Holding the lock on another open file is what a second process does: flock refuses it alike.
+    with exclusive_folder(tmp_path, TRAIN_LOCK_FILE, lambda holder: AssertionError("the lock was free")):
+        with pytest.raises(
+            D.RunBusyError, match=rf"another training run \(pid {os.getpid()}\) is writing to {tmp_path}"
+        ):
+            D.train(config, source, tmp_path, D.TrainConfig(epochs=1, **QUIET))
+    assert snapshot() == before
+    assert D.train(config, source, tmp_path, D.TrainConfig(epochs=1, **QUIET)).steps == 4  # free again: it resumes
 
 
 def run_script(out_dir, *kill):
