@@ -72,8 +72,11 @@ class Matryoshka(BatchTopK):
         groups = decode_by_latent_range(values, indices, layout, self.decoder.weight, self.config.prefixes)
         partial: torch.Tensor = self.decoder.bias
         reconstructions = []
-        for g in range(groups.shape[1]):  # plain sums: cumsum over this small dimension was 10% of the step
-            partial = partial + groups[:, g]
+        # Plain sums (a cumsum over this small dimension was 10% of the step) of unbind's views: the
+        # backward of unbind stacks the G gradients once, where G selects `groups[:, g]` would each
+        # zero-fill a [B, G, d] gradient (another 20% of the step).
+        for group in groups.unbind(1):
+            partial = partial + group
             reconstructions.append(partial)
         return reconstructions
 
