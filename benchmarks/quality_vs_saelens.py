@@ -621,7 +621,9 @@ def score_run(args, run: Path, lr: float, heldout, outliers) -> dict[str, dict]:
             "dead": report["dead_fraction"],
             "dense": report["dense_fraction"],
             "loss_recovered": None,
-            "fvu_with_outliers": D.evaluate(model, with_outliers, max_vectors=every.shape[0])["fvu_deterministic"],
+            "fvu_with_outliers": D.evaluate(model, with_outliers, max_vectors=every.shape[0], max_norm=math.inf)[
+                "fvu_deterministic"
+            ],
         }
         if name.startswith("saelens/"):  # SAELens's own inference SAE vs our import of it, same inputs
             check = load_file(run / "saelens" / f"{family}-k{k}.check.safetensors")

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from dictionaries.base import Dictionary, squared_error
-from dictionaries.data import BatchSource
+from dictionaries.data import BatchSource, within_norm
 from interp_sae.atomic import write_atomic, write_text_atomic
 from interp_sae.errors import ConfigError
 
@@ -65,8 +65,14 @@ def evaluate(
     max_vectors: int = 65536,
     dense_threshold: float = 0.1,
     generator: torch.Generator | None = None,
+    max_norm: float | None = None,
 ) -> dict[str, float | str]:
     """Held-out metrics over the first `max_vectors` vectors of epoch 0 of `source`.
+
+    Vectors longer than `max_norm` are left out (`n_left_out` counts them, over the batches read):
+    by default the cap the dictionary recorded in training (`max_input_norm`, from
+    `TrainConfig.max_norm_ratio`), if any, so that it is scored on what it was trained on, as its
+    trainer scored it; `math.inf` keeps every vector.
 
     - re_deterministic: mean over vectors of ‖x − x̂‖² (not normalised), x̂ the deterministic
       decode (VAEase: from the gated mean (1 − σ) ⊙ μ; VAE: from μ; SAEs: their code).
@@ -78,14 +84,18 @@ def evaluate(
     - gamma (variational only): decoder noise variance, in normalised input units.
     """
     device = next(model.parameters()).device
+    cap = max_norm if max_norm is not None else model.metadata.get("max_input_norm")
     was_training = model.training
     model.eval()
-    n, sampled_any = 0, False
+    n, left_out, sampled_any = 0, 0, False
     sse = sse_sample = sum_sq = ad_sum = ad_sq = 0.0
     sum_x = torch.zeros(model.config.d, dtype=torch.float64, device=device)
     fire_count = torch.zeros(model.config.n_latents, dtype=torch.float64, device=device)
     for batch in source.batches(0):
-        x = batch[: max_vectors - n].to(device, torch.float32)
+        x = batch.to(device, torch.float32)
+        kept = within_norm(x, cap)
+        left_out += x.shape[0] - kept.shape[0]
+        x = kept[: max_vectors - n]
         sse += float(squared_error(x, model(x)).double().sum())
         sampled = model.sampled_reconstruction(x, generator)
         if sampled is not None:
@@ -102,12 +112,18 @@ def evaluate(
             break
     model.train(was_training)
     if n == 0:
+        if left_out:
+            raise ConfigError(
+                f"every vector evaluated ({left_out}) is longer than the cap {cap:.4g} the dictionary was trained "
+                "under (max_input_norm); pass max_norm=math.inf to score them anyway"
+            )
         raise ConfigError("evaluation source yielded no vectors")
     total_variance = sum_sq - float(sum_x.pow(2).sum()) / n
     fvu = sse / total_variance if total_variance > 0 else float("nan")
     ad_mean = ad_sum / n
     report: dict[str, float | str] = {
         "n_vectors": n,
+        "n_left_out": left_out,
         "re_deterministic": sse / n,
         "fvu_deterministic": fvu,
         "explained_variance_deterministic": 1 - fvu,

@@ -1,6 +1,7 @@
 """The trainer: learning, several dictionaries on one stream, NaN stops, resume."""
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -115,6 +116,14 @@ def test_max_norm_ratio_leaves_massive_activations_out_of_training_and_evaluatio
         {"sae": D.make_config("topk_aux", d=8, n_latents=16, k=2)}, D.TensorBatchSource(data, 64), tmp_path, config
     )
     assert again.metrics["sae"]["n_vectors"] == 504  # the restored run keeps its cap
+    # Scored on its own, the saved dictionary leaves out what it was trained without, as its trainer did.
+    alone = D.evaluate(saved, D.TensorBatchSource(data, 64, shuffle=False))
+    assert (alone["n_vectors"], alone["n_left_out"]) == (504, 8)
+    assert alone["fvu_deterministic"] == pytest.approx(result.metrics["sae"]["fvu_deterministic"], rel=1e-5)
+    every = D.evaluate(saved, D.TensorBatchSource(data, 64, shuffle=False), max_norm=math.inf)
+    assert (every["n_vectors"], every["n_left_out"]) == (512, 0)
+    with pytest.raises(ValueError, match=r"every vector evaluated \(8\) is longer than the cap .* max_norm=math.inf"):
+        D.evaluate(saved, D.TensorBatchSource(data[::64], 8, shuffle=False))
     with pytest.raises(ValueError, match="max_norm_ratio must be positive"):
         D.TrainConfig(max_norm_ratio=0.0)
 
