@@ -1,6 +1,6 @@
 """Training-step throughput of SAE-ℓ1, TopK (topk_aux) and VAEase against the machine's matmul peak.
 
-    python benchmarks/train_throughput.py [--small]
+    python benchmarks/train_throughput.py [--small] [--race-size]
 
 It sizes itself to the device: on CUDA batch 4096 and κ ∈ {16384, 65536} (the GPU target: the
 dense SAE step at ≥ 40% of the bf16 peak at κ = 65536); on a CPU (or with --small) batch 256 and
@@ -15,6 +15,7 @@ against topk_aux (k = 32) on the same sparse path: BatchTopK and Matryoshka with
 batch-wide code), JumpReLU with its thresholds set so that each latent fires on a 32/κ share of the
 batch (L0 ≈ 32, as after training to target_l0 = 32; it trains densely only while more than an
 eighth of its latents are active, as at initialisation).
+--race-size also times that ratio at the quality race's size (batch 4096, κ 2048, d 576; `race_size_*`).
 fraction of peak = step FLOPs / step time / peak of the same precision. fp32 on a GPU means
 full fp32 (TF32 off), so the peak and the step are measured the same way.
 """
@@ -100,6 +101,11 @@ def main() -> None:
     parser.add_argument("--small", action="store_true", help="CPU sizes on any device: batch 256, κ ∈ {1024, 4096}")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--d", type=int, default=512)
+    parser.add_argument(
+        "--race-size",
+        action="store_true",
+        help="also time the modern SAEs ÷ topk_aux at the quality race's size (batch 4096, κ 2048, d 576)",
+    )
     args = parser.parse_args()
     device = resolve_device(args.device)
     torch.backends.cuda.matmul.allow_tf32 = False
@@ -131,6 +137,9 @@ def main() -> None:
                 results[f"{arch}_k{kappa}_{precision}_frac_peak"] = round(fraction, 3)
                 del model, optimizer
     results |= modern_over_topk_aux(args.d, kappas[-1], batch, device, repeats)
+    if args.race_size:
+        race = modern_over_topk_aux(576, 2048, 4096, device, 1)
+        results |= {f"race_size_{name}": ratio for name, ratio in race.items()}
     results["peak_fp32_tflops"] = round(peaks["fp32"] / 1e12, 3)
     results["peak_bf16_tflops"] = round(peaks["bf16"] / 1e12, 3)
     print("RESULT " + " ".join(f"{k}={v}" for k, v in results.items()))
