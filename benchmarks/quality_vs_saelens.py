@@ -1,7 +1,7 @@
 """A quality race: our TopK-family and JumpReLU dictionaries against SAELens's, on the same real activations.
 
     python benchmarks/quality_vs_saelens.py [--small] [--out runs/quality_vs_saelens] [--venv /tmp/saelens-venv]
-                                            [--width 2048] [--ks 16 32 64] [--lr 5e-3] [--device auto]
+                                            [--width 2048] [--ks 16 32 64] [--lr 5e-3 7e-3 1e-2] [--device auto]
 
 Data. SmolLM2-135M (the offline `builtin:smollm2`), `blocks.15.hook_resid_post`, on the built-in
 Python-docs corpus, context 128, harvested (or resumed) into OUT/store. That corpus holds about
@@ -43,9 +43,9 @@ Dictionaries, each tool with its own recommended recipe at the same width:
   Each is saved with `save_inference_model` and imported with `interp_sae.saelens.import_saelens`;
   the child also runs SAELens's own inference SAE on the first held-out vectors, and the parent
   checks that the imported dictionary gives the same reconstruction (`import_max_rel_diff`).
-- Learning rate, swept: both tools train at every --lr (default 5e-3 and 1e-2; each its own run
-  folder), Adam with a linear warm-up over 5% of the steps, then cosine decay to lr/10 (our
-  `warmup_cosine`; SAELens's optimiser gets the same per-step values). Each dictionary is then
+- Learning rate, swept: both tools train at every --lr (full run 5e-3, 7e-3 and 1e-2, --small 5e-3
+  and 1e-2; each its own run folder), Adam with a linear warm-up over 5% of the steps, then cosine
+  decay to lr/10 (our `warmup_cosine`; SAELens's optimiser gets the same per-step values). Each dictionary is then
   taken at the lr its tool does best with (`best_learning_rate`), by one rule for both tools: the
   runs whose held-out L0 is within ±5% of k (else the one closest to k), of those the ones with at
   most 5% of their latents dead (if any), of those the lowest held-out FVU. It picks on the
@@ -145,6 +145,7 @@ PRESETS = {  # option -> (full, small)
     "heldout_vectors": (65_536, 4096),
     "loss_rows": (64, 2),
     "loss_ks": (None, [32]),
+    "lr": ([5e-3, 7e-3, 1e-2], [5e-3, 1e-2]),
 }
 
 
@@ -739,8 +740,9 @@ def main() -> None:
         "--lr",
         type=float,
         nargs="+",
-        default=[5e-3, 1e-2],
-        help="Adam lrs (warm-up, cosine to lr/10): both tools train at each, and each keeps its best per dictionary",
+        default=None,
+        help="Adam lrs (warm-up, cosine to lr/10): both tools train at each, and each keeps its best per dictionary "
+        "(full 5e-3 7e-3 1e-2; small 5e-3 1e-2)",
     )
     parser.add_argument("--warmup-fraction", type=float, default=0.05)
     parser.add_argument(
