@@ -228,13 +228,20 @@ class AuxKSAE(Dictionary):
         """x̂ (normalised units) from a sparse training code."""
         return sparse_decode(code.values, code.indices, self.decoder.weight, self.decoder.bias, code.layout)
 
+    def _sparse_recon_and_aux(
+        self, xn: torch.Tensor, code: SparseCode, dead: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The loss terms `recon` (batch mean of ‖x − x̂‖², float32) and `aux` of a sparse training code."""
+        residual = xn.float() - self._sparse_decode(code).float()
+        return residual.pow(2).sum(-1).mean(), self._sparse_aux_loss(xn, residual, code, dead)
+
     def _sparse_aux_loss(
-        self, xn: torch.Tensor, x_hat: torch.Tensor, code: SparseCode, dead: torch.Tensor
+        self, xn: torch.Tensor, residual: torch.Tensor, code: SparseCode, dead: torch.Tensor
     ) -> torch.Tensor:
-        """The weighted AuxK term from a sparse training code and its dead set: aux_coefficient · V ·
-        `auxk_loss` (module docstring), without the dense [B, κ] products."""
+        """The weighted AuxK term from a sparse training code, the residual x − x̂ and the dead set:
+        aux_coefficient · V · `auxk_loss` (module docstring), without the dense [B, κ] products."""
         e_hat = sparse_decode(code.aux_values, code.aux_indices, self.decoder.weight)
-        normalised = normalised_aux_mse(xn.float() - x_hat.float(), e_hat, dead)
+        normalised = normalised_aux_mse(residual, e_hat, dead)
         return self.config.aux_coefficient * data_variance(xn) * normalised
 
     def _jumprelu_export(self, threshold: torch.Tensor) -> SAELensExport:

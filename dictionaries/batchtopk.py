@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 
 from dictionaries.auxk import AuxKConfig, AuxKSAE, jumprelu
-from dictionaries.base import LossTerms, SAELensExport, squared_error
+from dictionaries.base import LossTerms, SAELensExport
 from dictionaries.registry import register
 from dictionaries.sparse_topk import Selection, SparseCode
 from interp_sae.errors import ConfigError
@@ -91,8 +91,8 @@ class BatchTopK(AuxKSAE):
 
     def _loss(self, xn: torch.Tensor, generator: torch.Generator | None) -> LossTerms:
         code, dead = self._training_code(xn)
-        x_hat = self._sparse_decode(code)
-        return {"recon": squared_error(xn, x_hat).mean(), "aux": self._sparse_aux_loss(xn, x_hat, code, dead)}
+        recon, aux = self._sparse_recon_and_aux(xn, code, dead)
+        return {"recon": recon, "aux": aux}
 
     def saelens_export(self) -> SAELensExport:
         """SAELens "jumprelu" (as SAELens saves BatchTopK): θ for every latent (θ < 0, never trained,

@@ -208,12 +208,8 @@ class JumpReLU(AuxKSAE):
             selection = Selection("threshold", bandwidth=cfg.bandwidth)
             code, dead = self._sparse_training_code(xn, selection, threshold, pre=pre)
             assert code.l0 is not None  # a threshold code counts its L0
-            x_hat = self._sparse_decode(code)
-            return {
-                "recon": squared_error(xn, x_hat).mean(),
-                "sparsity": self.sparsity_penalty(code.l0),
-                "aux": self._sparse_aux_loss(xn, x_hat, code, dead),
-            }
+            recon, aux = self._sparse_recon_and_aux(xn, code, dead)
+            return {"recon": recon, "sparsity": self.sparsity_penalty(code.l0), "aux": aux}
         f = jumprelu_ste(pre, threshold, cfg.bandwidth)
         x_hat = self.decoder(f)
         l0 = step_ste(pre, threshold, cfg.bandwidth).sum(dim=-1)

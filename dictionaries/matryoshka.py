@@ -11,8 +11,9 @@ top-k is chosen once over the whole dictionary; prefix m decodes with only its f
 The prefix losses are **summed** with equal weights, as in the paper's objective (not averaged:
 with one prefix this is exactly BatchTopK's loss). Loss terms: `recon_prefix_{m}` for each inner
 prefix, `recon` for the full width (comparable with other dictionaries' `recon`), and `aux`
-(AuxK on the full reconstruction's residual). Inference and SAELens export ("jumprelu") are
-BatchTopK's: the prefixes only shape training.
+(AuxK on the full reconstruction's residual), computed in one pass by
+`dictionaries.prefix_losses`. Inference and SAELens export ("jumprelu") are BatchTopK's: the
+prefixes only shape training.
 """
 
 from __future__ import annotations
@@ -21,10 +22,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from dictionaries.base import LossTerms, squared_error
+from dictionaries.base import LossTerms
 from dictionaries.batchtopk import BatchTopK, BatchTopKConfig
+from dictionaries.prefix_losses import prefix_squared_errors
 from dictionaries.registry import register
-from dictionaries.sparse_topk import RowLayout, decode_by_latent_range
 from interp_sae.errors import ConfigError
 
 
@@ -62,32 +63,14 @@ class Matryoshka(BatchTopK):
     config_class = MatryoshkaConfig
     config: MatryoshkaConfig
 
-    def prefix_reconstructions(
-        self, values: torch.Tensor, indices: torch.Tensor, layout: RowLayout
-    ) -> list[torch.Tensor]:
-        """x̂_m for every prefix m (normalised units) from a ragged batch top-k code (values, indices
-        [N] and their `layout`), each decoded from the code's latents below m plus b_dec; the last is
-        the full decode. The entries are decoded by prefix group in one sparse decode (the cost of
-        the full one), and the groups' decodes summed up."""
-        groups = decode_by_latent_range(values, indices, layout, self.decoder.weight, self.config.prefixes)
-        partial: torch.Tensor = self.decoder.bias
-        reconstructions = []
-        # Plain sums (a cumsum over this small dimension was 10% of the step) of unbind's views: the
-        # backward of unbind stacks the G gradients once, where G selects `groups[:, g]` would each
-        # zero-fill a [B, G, d] gradient (another 20% of the step).
-        for group in groups.unbind(1):
-            partial = partial + group
-            reconstructions.append(partial)
-        return reconstructions
-
     def _loss(self, xn: torch.Tensor, generator: torch.Generator | None) -> LossTerms:
         code, dead = self._training_code(xn)
         assert code.layout is not None  # a batch top-k code is ragged
-        reconstructions = self.prefix_reconstructions(code.values, code.indices, code.layout)
-        terms: LossTerms = {
-            f"recon_prefix_{m}": squared_error(xn, x_hat).mean()
-            for m, x_hat in zip(self.config.prefixes[:-1], reconstructions[:-1])
-        }
-        terms["recon"] = squared_error(xn, reconstructions[-1]).mean()
-        terms["aux"] = self._sparse_aux_loss(xn, reconstructions[-1], code, dead)
+        losses, residual = prefix_squared_errors(
+            code.values, code.indices, code.layout, self.decoder.weight, self.decoder.bias, xn, self.config.prefixes
+        )
+        *inner, full = losses.unbind()
+        terms: LossTerms = {f"recon_prefix_{m}": loss for m, loss in zip(self.config.prefixes, inner)}
+        terms["recon"] = full
+        terms["aux"] = self._sparse_aux_loss(xn, residual, code, dead)
         return terms

@@ -567,22 +567,6 @@ def batch_topk(pre: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, t
     return values, candidates % n_latents, candidates.div(n_latents, rounding_mode="floor")
 
 
-def decode_by_latent_range(
-    values: torch.Tensor, indices: torch.Tensor, layout: RowLayout, weight: torch.Tensor, ends: list[int]
-) -> torch.Tensor:
-    """[B, G, d]: for each latent range [e_{g−1}, e_g) of the strictly increasing `ends` (G of them),
-    the decode (no bias) of a ragged code's entries in that range. The code's entries must ascend by
-    latent within each row, as `batch_topk` gives them. One sparse decode in all, of the entries
-    regrouped into B·G rows (batch row, range), already in that order: so the decoder's backward, and
-    its dense [d, κ] gradient, happen once, not once per range."""
-    n_rows, n_ranges = layout.offsets.shape[0], len(ends)
-    boundaries = torch.tensor(ends[:-1], dtype=indices.dtype, device=indices.device)
-    ranges = torch.bucketize(indices, boundaries, right=True)
-    by_range = row_layout(layout.rows * n_ranges + ranges, n_rows * n_ranges)
-    decoded = sparse_decode(values, indices, weight, layout=by_range)
-    return decoded.view(n_rows, n_ranges, -1)
-
-
 def dense_from_sparse(
     values: torch.Tensor, indices: torch.Tensor, n_latents: int, layout: RowLayout | None = None
 ) -> torch.Tensor:

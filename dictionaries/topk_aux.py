@@ -46,7 +46,7 @@ from dataclasses import dataclass
 import torch
 
 from dictionaries.auxk import AuxKConfig, AuxKSAE
-from dictionaries.base import LossTerms, SAELensExport, fold_linear_sae, squared_error
+from dictionaries.base import LossTerms, SAELensExport, fold_linear_sae
 from dictionaries.registry import register
 from dictionaries.sae import topk_activations
 from dictionaries.sparse_topk import Selection
@@ -76,8 +76,8 @@ class TopKAux(AuxKSAE):
 
     def _loss(self, xn: torch.Tensor, generator: torch.Generator | None) -> LossTerms:
         code, dead = self._sparse_training_code(xn, Selection("topk", self.config.k))
-        x_hat = self._sparse_decode(code)
-        return {"recon": squared_error(xn, x_hat).mean(), "aux": self._sparse_aux_loss(xn, x_hat, code, dead)}
+        recon, aux = self._sparse_recon_and_aux(xn, code, dead)
+        return {"recon": recon, "aux": aux}
 
     def saelens_export(self) -> SAELensExport:
         """SAELens "topk" with apply_b_dec_to_input: it encodes x − b_dec, as this recipe does."""

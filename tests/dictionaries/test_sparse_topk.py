@@ -11,7 +11,6 @@ import dictionaries as D
 from dictionaries.base import squared_error
 from dictionaries.sae import SAETopK, topk_activations
 from dictionaries.sparse_topk import (
-    decode_by_latent_range,
     dense_from_sparse,
     fired_latents,
     gather_dots,
@@ -236,23 +235,6 @@ def test_rejects_bad_arguments():
         topk_encode(torch.randn(2, 5), encoder.weight, encoder.bias, 2)
     with pytest.raises(ValueError, match="shape"):
         sparse_decode(torch.randn(2, 3), torch.zeros(2, 2, dtype=torch.long), decoder.weight)
-
-
-def test_decode_by_latent_range_decodes_each_range_of_a_ragged_code():
-    torch.manual_seed(0)
-    decoder = nn.Linear(12, 3)
-    values = torch.tensor([4.0, 3.0, 5.0, 2.0, 1.0, 0.5, 6.0, 7.0], requires_grad=True)
-    indices = torch.tensor([1, 3, 9, 0, 11, 2, 8, 10])  # ascending within each row, as batch_topk gives
-    layout = row_layout(torch.tensor([0, 0, 0, 1, 1, 3, 3, 3]), 4)  # row 2 has no entry
-    probe = torch.randn(4, 3, 3)
-    parts = decode_by_latent_range(values, indices, layout, decoder.weight, [4, 8, 12])
-    dense = dense_from_sparse(values, indices, 12, layout)
-    want = torch.stack([dense[:, a:b] @ decoder.weight[:, a:b].T for a, b in [(0, 4), (4, 8), (8, 12)]], dim=1)
-    torch.testing.assert_close(parts, want)
-    assert torch.equal(parts[:, 1], torch.zeros(4, 3))  # no entry in [4, 8)
-    params = [values, decoder.weight]
-    for got, expected in zip(grads((probe * parts).sum(), params), grads((probe * want).sum(), params)):
-        torch.testing.assert_close(got, expected)
 
 
 def test_a_ragged_decode_equals_the_dense_one_with_gradients():
