@@ -17,19 +17,23 @@ batch (L0 ≈ 32, as after training to target_l0 = 32; it trains densely only wh
 eighth of its latents are active, as at initialisation).
 --race-size also times that ratio at the quality race's size (batch 4096, κ 2048, d 576; `race_size_*`).
 fraction of peak = step FLOPs / step time / peak of the same precision. fp32 on a GPU means
-full fp32 (TF32 off), so the peak and the step are measured the same way.
+full fp32 (TF32 off), so the peak and the step are measured the same way. Steps run as
+`dictionaries.train` runs them, with freed memory kept for the next step (`interp_sae.heap`); the
+modern-SAE lines also print the minor page faults per step.
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import resource
 import statistics
 import time
 
 import torch
 
 import dictionaries as D
+from interp_sae.heap import reused_heap
 from interp_sae.runtime import resolve_device
 
 
@@ -88,12 +92,21 @@ def modern_over_topk_aux(d: int, kappa: int, batch: int, device: torch.device, r
             )
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, fused=device.type == "cuda")
         steps[arch] = functools.partial(D.training_step, model, optimizer, x, torch.Generator(device).manual_seed(0))
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     rounds = [{arch: timed(step, device, repeats) for arch, step in steps.items()} for _ in range(ROUNDS)]
+    faults_per_step = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / (
+        ROUNDS * len(steps) * (repeats + 1)
+    )
     # Each round's own ratio, then the median over rounds: load from other processes shifts a whole
     # round, which a ratio within the round cancels and the median then ignores.
     ratios = {arch: statistics.median(times["topk_aux"] / times[arch] for times in rounds) for arch in MODERN}
-    print(f"κ={kappa} fp32 training steps/s ÷ topk_aux's: " + ", ".join(f"{a} {r:.2f}" for a, r in ratios.items()))
-    return {f"{arch}_over_topk_aux": round(ratio, 3) for arch, ratio in ratios.items()}
+    print(
+        f"κ={kappa} fp32 training steps/s ÷ topk_aux's: " + ", ".join(f"{a} {r:.2f}" for a, r in ratios.items()),
+        f"({faults_per_step:,.0f} minor page faults per step)",
+    )
+    return {f"{arch}_over_topk_aux": round(ratio, 3) for arch, ratio in ratios.items()} | {
+        "faults_per_step": round(faults_per_step)
+    }
 
 
 def main() -> None:
@@ -107,6 +120,11 @@ def main() -> None:
         help="also time the modern SAEs ÷ topk_aux at the quality race's size (batch 4096, κ 2048, d 576)",
     )
     args = parser.parse_args()
+    with reused_heap():  # as dictionaries.train runs its steps
+        measure(args)
+
+
+def measure(args: argparse.Namespace) -> None:
     device = resolve_device(args.device)
     torch.backends.cuda.matmul.allow_tf32 = False
     small = args.small or device.type != "cuda"

@@ -48,6 +48,7 @@ from dictionaries.schedules import ScheduleConfig, learning_rate
 from interp_sae.atomic import remove_stale_temporaries, write_json_atomic
 from interp_sae.errors import ConfigError, InterpSAEError
 from interp_sae.folder_lock import exclusive_folder
+from interp_sae.heap import reused_heap
 from interp_sae.runtime import Cluster, join_cluster, resolve_device
 
 CHECKPOINT_FILE = "checkpoint.safetensors"
@@ -545,7 +546,7 @@ def train(
         raise ConfigError("nothing to train: pass at least one dictionary")
     config = config or TrainConfig()
     run = _Run(dict(dictionaries), train_source, out_dir, config, eval_source, metadata or {}, inputs, own_metadata)
-    with _one_writer(run):
+    with _one_writer(run), reused_heap():  # each step reuses the last one's memory (interp_sae.heap)
         return _train(run, config)
 
 
