@@ -28,10 +28,11 @@ TrainConfig(normalize_input=True) (mean norm √d), or scale them with the data.
 the paper's linear warm-up of λ.
 
 Training takes the sparse path (`dictionaries.sparse_topk`, selection "threshold") once at most
-SPARSE_MAX_ACTIVE_FRACTION of the batch's pre-activations are above θ: then only the encoder's
-forward is dense, and the decoder and both backward passes touch the active entries and the few in
-the estimators' window, with the same loss and gradients as the dense formulas above. A JumpReLU
-starts dense (about half its latents fire), and there the dense matrix products are faster.
+SPARSE_MAX_ACTIVE_FRACTION of the pre-activations (of the batch's first rows) are above θ: then
+only the encoder's forward is dense, and the decoder and both backward passes touch the active
+entries and the few in the estimators' window, with the same loss and gradients as the dense
+formulas above. A JumpReLU starts dense (about half its latents fire), and there the dense matrix
+products are faster.
 Inference (`encode`) is dense.
 
 How θ is trained (`threshold_parameterization`):
@@ -66,6 +67,9 @@ SPARSE_MAX_ACTIVE_FRACTION = 0.125
 """Train through the sparse path when at most this fraction of a batch's pre-activations is active.
 Measured (CPU, B 4096, d 576, κ 2048, one step, s): active 1% sparse 0.28 / dense 0.87, 3% 0.32 /
 0.82, 6% 0.46 / 1.03, 12% 0.71 / 0.81, 25% 1.16 / 0.81."""
+ACTIVE_FRACTION_SAMPLE = 65_536
+"""That fraction is counted on the batch's first rows, about this many pre-activations: counting
+all of them was a pass over [B, κ], ~4% of a sparse step at B 4096, κ 2048."""
 
 
 @dataclass(kw_only=True)
@@ -204,7 +208,10 @@ class JumpReLU(AuxKSAE):
         cfg = self.config
         pre = self._pre_activations(xn)
         threshold = self.threshold
-        if int(torch.count_nonzero(pre > threshold)) <= SPARSE_MAX_ACTIVE_FRACTION * pre.numel():
+        # Which path is faster, judged on the first rows (shuffled batches: a fair sample; both
+        # paths give the same loss and gradients, so only the speed depends on it).
+        sample = pre[: max(1, ACTIVE_FRACTION_SAMPLE // pre.shape[1])]
+        if int(torch.count_nonzero(sample > threshold)) <= SPARSE_MAX_ACTIVE_FRACTION * sample.numel():
             selection = Selection("threshold", bandwidth=cfg.bandwidth)
             code, dead = self._sparse_training_code(xn, selection, threshold, pre=pre)
             assert code.l0 is not None  # a threshold code counts its L0
