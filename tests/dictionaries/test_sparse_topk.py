@@ -17,6 +17,7 @@ from dictionaries.sparse_topk import (
     row_layout,
     scatter_outer,
     sparse_decode,
+    threshold_code,
     topk_encode,
     topk_encode_with_aux,
 )
@@ -253,3 +254,31 @@ def test_a_ragged_decode_equals_the_dense_one_with_gradients():
         torch.testing.assert_close(got, want)
     empty = sparse_decode(values[:0], indices[:0], decoder.weight, decoder.bias, row_layout(indices[:0], 3))
     assert torch.equal(empty, decoder.bias.expand(3, 4))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_threshold_code_keeps_exactly_the_active_and_window_entries(dtype):
+    """The entries at the window's edges and just outside it, in float32 and in a bf16 pre (compared
+    in float32): the same code as the dense definition."""
+    bandwidth = 0.25
+    threshold = torch.tensor([0.5, 1.0, 2.0])
+    pre = torch.tensor(
+        [
+            [0.5, 1.125, 2.0],  # at θ (window only), θ + ε/2 (active, window edge), at θ
+            [0.375, 0.875, 1.5],  # θ − ε/2 twice (window edges), far below (nothing)
+            [0.3, 1.5, 3.0],  # under θ − ε/2 but over θ − ε (a candidate, left out), then active
+        ],
+        dtype=dtype,
+    )
+
+    values, indices, rows, in_window, l0 = threshold_code(pre, threshold, bandwidth)
+
+    distance = pre.float() - threshold
+    above, window = distance > 0, distance.abs() <= bandwidth / 2
+    kept = (above | window).nonzero()
+    assert rows.tolist() == kept[:, 0].tolist() == [0, 0, 0, 1, 1, 2, 2]
+    assert indices.tolist() == kept[:, 1].tolist() == [0, 1, 2, 0, 1, 1, 2]
+    assert values.dtype == dtype
+    assert values.tolist() == [0.0, 1.125, 0.0, 0.0, 0.0, 1.5, 3.0]
+    assert in_window.tolist() == window[kept[:, 0], kept[:, 1]].tolist()
+    assert l0.tolist() == [1.0, 0.0, 2.0]
