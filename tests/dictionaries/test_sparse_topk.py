@@ -13,6 +13,7 @@ from dictionaries.sae import SAETopK, topk_activations
 from dictionaries.sparse_topk import (
     dense_from_sparse,
     fired_latents,
+    flat_nonzero,
     gather_dots,
     row_layout,
     scatter_outer,
@@ -282,3 +283,12 @@ def test_threshold_code_keeps_exactly_the_active_and_window_entries(dtype):
     assert values.tolist() == [0.0, 1.125, 0.0, 0.0, 0.0, 1.5, 3.0]
     assert in_window.tolist() == window[kept[:, 0], kept[:, 1]].tolist()
     assert l0.tolist() == [1.0, 0.0, 2.0]
+
+
+def test_flat_nonzero_gives_torchs_flat_indices_also_for_a_strided_mask():
+    mask = torch.rand(37, 53, generator=torch.Generator().manual_seed(0)) < 0.05
+    for m in (mask, mask.t()):  # contiguous (numpy's nonzero) and strided (torch's)
+        got = flat_nonzero(m)
+        assert got.dtype == torch.int64
+        assert torch.equal(got, m.reshape(-1).nonzero().squeeze(1))
+    assert flat_nonzero(torch.zeros(0, 4, dtype=torch.bool)).shape == (0,)
