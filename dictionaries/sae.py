@@ -32,7 +32,10 @@ def topk_activations(pre: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def l1_penalty(f: torch.Tensor) -> torch.Tensor:
-    return f.float().abs().sum(-1).mean()
+    """Batch mean of Σ_j |f_j| for non-negative codes f [B, κ] (ReLU's), so Σ_j f_j: summed in
+    float32 without a float32 copy of f, nor |f| and its backward, each a pass over [B, κ] (under
+    bf16 autocast the copy alone wrote twice f's bytes)."""
+    return f.sum(-1, dtype=torch.float32).mean()
 
 
 def log_penalty(f: torch.Tensor, eps: float) -> torch.Tensor:

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import dictionaries as D
+from dictionaries.sae import l1_penalty
 
 
 def set_linear(layer, weight, bias):
@@ -68,6 +69,16 @@ def test_sae_l1():
     l1 = sum(abs(v) for zi in z for v in zi) / 2
     terms = sae_model("sae_l1", l1_coefficient=0.3, decoder_l2_coefficient=0.2).loss(torch.tensor(X))
     close(terms, {"recon": recon, "sparsity": 0.3 * l1, "decoder_l2": 0.2 * DEC_L2})
+
+
+def test_l1_penalty_of_a_relu_code_is_its_mean_absolute_sum_with_the_same_gradient():
+    pre = torch.tensor([[1.5, -2.0, 0.0, 0.25], [-1.0, 3.0, 0.5, -0.5]], requires_grad=True)
+    penalty = l1_penalty(torch.relu(pre))
+    assert penalty.item() == (1.5 + 0.25 + 3.0 + 0.5) / 2
+    (grad,) = torch.autograd.grad(penalty, pre)
+    assert grad.tolist() == [[0.5, 0.0, 0.0, 0.5], [0.0, 0.5, 0.5, 0.0]]  # 1/B where pre > 0
+    in_bf16 = l1_penalty(torch.relu(pre.detach()).bfloat16())
+    assert in_bf16.dtype == torch.float32 and in_bf16.item() == penalty.item()
 
 
 def test_sae_log():
