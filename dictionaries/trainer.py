@@ -46,6 +46,7 @@ from dictionaries.registry import create
 from dictionaries.run_log import RunLog
 from dictionaries.schedules import ScheduleConfig, learning_rate
 from interp_sae.atomic import remove_stale_temporaries, write_json_atomic
+from interp_sae.deferred_interrupt import deferred_interrupt
 from interp_sae.errors import ConfigError, InterpSAEError
 from interp_sae.folder_lock import exclusive_folder
 from interp_sae.heap import reused_heap
@@ -354,36 +355,45 @@ class _Run:
         )
         sums: dict[str, torch.Tensor | None] = {name: None for name in self.models}
         window_start, window_tokens, window_steps = time.perf_counter(), 0, 0
-        for epoch in range(self.epoch, cfg.epochs):
-            start = self.batch if epoch == self.epoch else 0
-            for batch_index, batch in enumerate(self.train_source.batches(epoch, start), start=start):
-                xs = {key: _pick(batch, key).to(self.device, torch.float32, non_blocking=True) for key in self.keys}
-                # The norm cap applies to the whole batch, before ranks take their equal slices.
-                xs = {key: self._capped(x, key, epoch, batch_index) for key, x in xs.items()}
-                if not self.per_rank_batches:
-                    xs = {key: self.cluster.local_slice(x) for key, x in xs.items()}
-                lr = learning_rate(cfg.schedule, cfg.lr, self.step, self.total_steps)
-                for name, model in self.models.items():
-                    terms = self._step(name, model, xs[self.inputs[name]], lr, epoch, batch_index, log)
-                    self.term_names[name] = list(terms)
-                    values, previous = torch.stack(list(terms.values())), sums[name]
-                    sums[name] = values if previous is None else previous + values
-                self.step, self.epoch, self.batch = self.step + 1, epoch, batch_index + 1
-                vectors = len(_pick(batch, self.keys[0])) * (self.cluster.world_size if self.per_rank_batches else 1)
-                window_tokens, window_steps = window_tokens + vectors, window_steps + 1
-                bar.update(1)
-                if self.step % cfg.log_every == 0 or self.step == self.total_steps:
-                    rate = window_tokens / (time.perf_counter() - window_start)
-                    self._log_train(log, sums, lr, rate, window_steps)
-                    sums = {name: None for name in self.models}
-                    window_start, window_tokens, window_steps = time.perf_counter(), 0, 0
-                if cfg.eval_every and self.step % cfg.eval_every == 0:
-                    if self.cluster.is_main:
-                        self.evaluate(log)
-                    self.cluster.barrier()
-                if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
-                    self.checkpoint()
-            self.epoch, self.batch = epoch + 1, 0
+        # Under torchrun a checkpoint is a collective, and a signal may reach one rank only: there
+        # Ctrl-C stops at once and the last periodic checkpoint is the resume point.
+        with deferred_interrupt(enabled=not self.cluster.distributed) as interrupt:
+            for epoch in range(self.epoch, cfg.epochs):
+                start = self.batch if epoch == self.epoch else 0
+                for batch_index, batch in enumerate(self.train_source.batches(epoch, start), start=start):
+                    xs = {key: _pick(batch, key).to(self.device, torch.float32, non_blocking=True) for key in self.keys}
+                    # The norm cap applies to the whole batch, before ranks take their equal slices.
+                    xs = {key: self._capped(x, key, epoch, batch_index) for key, x in xs.items()}
+                    if not self.per_rank_batches:
+                        xs = {key: self.cluster.local_slice(x) for key, x in xs.items()}
+                    lr = learning_rate(cfg.schedule, cfg.lr, self.step, self.total_steps)
+                    for name, model in self.models.items():
+                        terms = self._step(name, model, xs[self.inputs[name]], lr, epoch, batch_index, log)
+                        self.term_names[name] = list(terms)
+                        values, previous = torch.stack(list(terms.values())), sums[name]
+                        sums[name] = values if previous is None else previous + values
+                    self.step, self.epoch, self.batch = self.step + 1, epoch, batch_index + 1
+                    vectors = len(_pick(batch, self.keys[0])) * (
+                        self.cluster.world_size if self.per_rank_batches else 1
+                    )
+                    window_tokens, window_steps = window_tokens + vectors, window_steps + 1
+                    bar.update(1)
+                    if self.step % cfg.log_every == 0 or self.step == self.total_steps:
+                        rate = window_tokens / (time.perf_counter() - window_start)
+                        self._log_train(log, sums, lr, rate, window_steps)
+                        sums = {name: None for name in self.models}
+                        window_start, window_tokens, window_steps = time.perf_counter(), 0, 0
+                    if cfg.eval_every and self.step % cfg.eval_every == 0:
+                        if self.cluster.is_main:
+                            self.evaluate(log)
+                        self.cluster.barrier()
+                    if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
+                        self.checkpoint()
+                    if interrupt.requested:  # Ctrl-C: save this step, then stop
+                        if self.last_checkpoint_step != self.step:
+                            self.checkpoint()
+                        raise KeyboardInterrupt
+                self.epoch, self.batch = epoch + 1, 0
         bar.close()
         self.checkpoint()
 

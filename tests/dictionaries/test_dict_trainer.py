@@ -16,6 +16,7 @@ import dictionaries as D
 from dictionaries.checkpoint import load_checkpoint
 from dictionaries.data import within_norm
 from dictionaries.trainer import TRAIN_LOCK_FILE
+from interp_sae.deferred_interrupt import InterruptRequest
 from interp_sae.folder_lock import exclusive_folder
 
 QUIET = dict(progress=False, log_every=10_000, checkpoint_every=0)
@@ -200,6 +201,47 @@ def test_resume_in_process_equals_uninterrupted_for_every_architecture(tmp_path)
         ):
             assert torch.equal(a, b), (name, key)
         assert resumed.metrics[name] == straight.metrics[name]
+
+
+class CtrlCSource(InterruptedSource):
+    """Sends this process a SIGINT (Ctrl-C) before its `limit`-th batch."""
+
+    @property
+    def batch_size(self):  # so the run is planned as the rerun on the plain source is
+        return self.inner.batch_size
+
+    def batches(self, epoch, start=0):
+        for batch in self.inner.batches(epoch, start):
+            if self.count == self.limit:
+                os.kill(os.getpid(), signal.SIGINT)
+            self.count += 1
+            yield batch
+
+
+def test_ctrl_c_saves_the_step_it_stopped_at_and_the_rerun_ends_where_an_uninterrupted_run_ends(tmp_path):
+    configs = {a: D.make_config(a, d=8, n_latents=6, k=2) for a in ("topk_aux", "matryoshka")}
+    source = D.TensorBatchSource(subspace_data(640), 64, seed=3)
+    config = D.TrainConfig(epochs=3, progress=False, log_every=100, checkpoint_every=1000, prepare_vectors=64)
+    with pytest.raises(KeyboardInterrupt):  # no periodic checkpoint before it: only the interrupt's
+        D.train(configs, CtrlCSource(source, 12), tmp_path / "resumed", config)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
+    resumed = D.train(configs, source, tmp_path / "resumed", config)
+    straight = D.train(configs, source, tmp_path / "straight", config)
+    # 1 preparation batch and 11 steps before the signal; the step it came during is finished and saved
+    assert read_log(tmp_path / "resumed", "resume")[0]["step"] == 12
+    for name in configs:
+        for a, b in zip(
+            resumed.dictionaries[name].state_dict().values(), straight.dictionaries[name].state_dict().values()
+        ):
+            assert torch.equal(a, b), name
+
+
+def test_a_second_ctrl_c_stops_at_once():
+    request = InterruptRequest()
+    request.handle(signal.SIGINT, None)
+    assert request.requested
+    with pytest.raises(KeyboardInterrupt):
+        request.handle(signal.SIGINT, None)
 
 
 def test_resume_refuses_a_different_run(tmp_path):
