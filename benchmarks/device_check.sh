@@ -198,7 +198,7 @@ for precision in bf16:bfloat16 fp32:float32; do
     run_step "harvest-${precision%%:*}" 60 "$PY" benchmarks/harvest_throughput.py --model pythia70m-random \
         --tokens "$HARVEST_TOKENS" --batch-size "$HARVEST_BATCH_SIZE" --device "$DEVICE" --model-dtype "${precision#*:}"
 done
-run_step train 70 "$PY" benchmarks/train_throughput.py "${TRAIN_ARGS[@]}"
+run_step train 75 "$PY" benchmarks/train_throughput.py "${TRAIN_ARGS[@]}" --profile
 run_step data-path 45 "$PY" benchmarks/data_path.py --device "$DEVICE" --latents 16384 --steps 20
 run_step sparse-topk 45 "$PY" benchmarks/sparse_topk.py --budget 30
 run_step compressed 60 "$PY" benchmarks/compressed_store.py --small --device "$DEVICE"

@@ -16,6 +16,8 @@ batch-wide code), JumpReLU with its thresholds set so that each latent fires on 
 batch (L0 ≈ 32, as after training to target_l0 = 32; it trains densely only while more than an
 eighth of its latents are active, as at initialisation).
 --race-size also times that ratio at the quality race's size (batch 4096, κ 2048, d 576; `race_size_*`).
+--profile then prints where the dense SAE-ℓ1 bf16 step at the largest κ spends its time (torch's
+profiler, the ops with the most self time on the device), to find what keeps it from the peak.
 fraction of peak = step FLOPs / step time / peak of the same precision. fp32 on a GPU means
 full fp32 (TF32 off), so the peak and the step are measured the same way. Steps run as
 `dictionaries.train` runs them, with freed memory kept for the next step (`interp_sae.heap`); the
@@ -119,9 +121,14 @@ def main() -> None:
         action="store_true",
         help="also time the modern SAEs ÷ topk_aux at the quality race's size (batch 4096, κ 2048, d 576)",
     )
+    parser.add_argument(
+        "--profile", action="store_true", help="then the dense SAE-ℓ1 bf16 step's costliest ops (torch profiler)"
+    )
     args = parser.parse_args()
     with reused_heap():  # as dictionaries.train runs its steps
         measure(args)
+        if args.profile:
+            profile_dense_step(args)
 
 
 def measure(args: argparse.Namespace) -> None:
@@ -161,6 +168,35 @@ def measure(args: argparse.Namespace) -> None:
     results["peak_fp32_tflops"] = round(peaks["fp32"] / 1e12, 3)
     results["peak_bf16_tflops"] = round(peaks["bf16"] / 1e12, 3)
     print("RESULT " + " ".join(f"{k}={v}" for k, v in results.items()))
+
+
+def profile_dense_step(args: argparse.Namespace, steps: int = 3) -> None:
+    """The ops of a few SAE-ℓ1 bf16 steps at the benchmark's largest κ, by self time on the device."""
+    from torch.profiler import ProfilerActivity, profile
+
+    device = resolve_device(args.device)
+    batch, kappa = (256, 4096) if args.small or device.type != "cuda" else (4096, 65536)
+    model = D.create(D.make_config("sae_l1", d=args.d, n_latents=kappa), seed=0).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, fused=device.type == "cuda")
+    x = torch.randn(batch, args.d, device=device)
+    step = functools.partial(D.training_step, model, optimizer, x, None, "bf16")
+    timed(step, device, 1)  # warm-up outside the trace
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities, record_shapes=True) as trace:
+        for _ in range(steps):
+            step()
+        synchronize(device)
+    where = "device" if device.type == "cuda" else "cpu"
+    ops = sorted(trace.key_averages(group_by_input_shape=True), key=lambda op: -getattr(op, f"self_{where}_time_total"))
+    total = sum(getattr(op, f"self_{where}_time_total") for op in ops)
+    print(
+        f"sae_l1 κ={kappa} batch {batch} bf16: self {where} time per step {total / steps / 1e3:.2f} ms; costliest ops:"
+    )
+    for op in ops[:20]:
+        self_us = getattr(op, f"self_{where}_time_total")
+        print(
+            f"  {self_us / steps / 1e3:8.3f} ms/step {self_us / total:6.1%} {op.count // steps:4}× {op.key} {op.input_shapes}"
+        )
 
 
 if __name__ == "__main__":
