@@ -58,7 +58,8 @@ whose held-out L0 differ by more than ±5% are reported but flagged, and left ou
 worst_fvu_ratio (they are still in worst_fvu_ratio_all). worst_fvu_ratio_interp compares each of
 ours with the SAELens frontier of the same family interpolated (log–log) at our L0.
 
-Outputs in OUT: results.json, frontier.png (FVU vs L0 of every dictionary); trained dictionaries
+Outputs in OUT: results.json, frontier.png (FVU vs L0 of every dictionary; with `--families`,
+results-FAMILIES.json and frontier-FAMILIES.png); trained dictionaries
 in OUT/runs/TAG/. Last line: RESULT worst_fvu_ratio=... max_dead_fraction=... pairs=... ...
 Targets: worst_fvu_ratio ≤ 1.0 and max_dead_fraction ≤ 0.05 (our modern dictionaries).
 
@@ -497,18 +498,40 @@ def our_configs(args: argparse.Namespace, d: int) -> dict[str, Any]:
     import dictionaries as D
 
     configs = {}
-    for family, (architecture, _) in FAMILIES.items():
+    for family in args.families:
+        architecture = FAMILIES[family][0]
         for k in args.ks:
             fields = {"target_l0": float(k)} if architecture == "jumprelu" else {"k": k}
             configs[f"{family}-k{k}"] = D.make_config(architecture, d=d, n_latents=args.width, **fields)
-    for architecture, fields in PLOT_ONLY.items():
+    for architecture, fields in plot_only(args).items():
         configs[architecture] = D.make_config(architecture, d=d, n_latents=args.width, **fields)
     return configs
 
 
+def plot_only(args: argparse.Namespace) -> dict[str, dict]:
+    """Our other families, trained for the plot only in a run of every family."""
+    return PLOT_ONLY if set(args.families) == set(FAMILIES) else {}
+
+
+def ours_folder(args: argparse.Namespace, run: Path) -> Path:
+    """Our training run: `ours` with every family; a run of some families (`--families`) trains into
+    its own folder, so that changing one family's recipe retrains only that family."""
+    if set(args.families) == set(FAMILIES):
+        return run / "ours"
+    return run / ("ours-" + "-".join(args.families))
+
+
+def output_name(args: argparse.Namespace, stem: str, suffix: str) -> str:
+    """results.json / frontier.png, tagged with the families when not all of them run."""
+    if set(args.families) == set(FAMILIES):
+        return stem + suffix
+    return f"{stem}-{'-'.join(args.families)}{suffix}"
+
+
 def saelens_job(args: argparse.Namespace, run: Path, lr: float, steps_lrs: list[float], store: Any) -> dict[str, Any]:
     saes = {}
-    for family, (_, architecture) in FAMILIES.items():
+    for family in args.families:
+        architecture = FAMILIES[family][1]
         for k in args.ks:
             fields: dict[str, Any] = {"k": float(k) if "batchtopk" in architecture else k}
             if architecture == "matryoshka_batchtopk":
@@ -553,7 +576,7 @@ def train_both(args, run: Path, lr: float, epochs: int, train, heldout, order, s
     D.train(
         our_configs(args, train.shape[1]),
         D.TensorBatchSource(train, args.batch_size, seed=args.seed),
-        run / "ours",
+        ours_folder(args, run),
         D.TrainConfig(
             epochs=epochs,
             lr=lr,
@@ -599,12 +622,12 @@ def score_run(args, run: Path, lr: float, heldout, outliers) -> dict[str, dict]:
     every = torch.cat([heldout, outliers])
     with_outliers = D.TensorBatchSource(every, args.batch_size, shuffle=False, drop_last=False)
     folders: dict[str, tuple[str, int | None, Path]] = {}
-    for family in FAMILIES:
+    for family in args.families:
         for k in args.ks:
-            folders[dictionary_name("ours", family, k)] = (family, k, run / "ours" / f"{family}-k{k}")
+            folders[dictionary_name("ours", family, k)] = (family, k, ours_folder(args, run) / f"{family}-k{k}")
             imported = import_saelens(run / "saelens" / f"{family}-k{k}", run / "imported" / f"{family}-k{k}")
             folders[dictionary_name("saelens", family, k)] = (family, k, imported)
-    for architecture in PLOT_ONLY:
+    for architecture in plot_only(args):
         folders[dictionary_name("ours", architecture)] = (architecture, None, run / "ours" / architecture)
     rows: dict[str, dict] = {}
     for name, (family, k, folder) in folders.items():
@@ -730,6 +753,14 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=None, help="harvest budget (full 600k; small 40,960)")
     parser.add_argument("--width", type=int, default=None, help="latents (full 2048; small 1024)")
     parser.add_argument("--ks", type=int, nargs="+", default=[16, 32, 64], help="L0 targets")
+    parser.add_argument(
+        "--families",
+        nargs="+",
+        choices=list(FAMILIES),
+        default=list(FAMILIES),
+        help="race only these (default: all, plus VAEase and the weighted SAE on the plot); ours then train "
+        "into runs/TAG/ours-FAMILIES, SAELens's trained ones are reused, and the outputs are named after them",
+    )
     parser.add_argument("--batch-size", type=int, default=None, help="vectors per step (full 4096; small 1024)")
     parser.add_argument("--min-train-tokens", type=int, default=None, help="epochs until steps×batch ≥ this (500k)")
     parser.add_argument("--max-train-vectors", type=int, default=None, help="cap on train vectors, 0 = all")
@@ -835,7 +866,8 @@ def run_benchmark(args: argparse.Namespace) -> None:
         f"SmolLM2-135M {HOOK}, {args.width} latents\n{steps} steps × {args.batch_size} "
         f"({steps * args.batch_size:,} training tokens), {lr_text}, {heldout.shape[0]:,} held-out vectors"
     )
-    plot_frontier(rows, out / "frontier.png", title)
+    frontier = out / output_name(args, "frontier", ".png")
+    plot_frontier(rows, frontier, title)
     timings["total_s"] = time.perf_counter() - start
     import_diffs = [r["import_rel_diff"] for r in rows.values() if "import_rel_diff" in r]
     saelens_version = next((r["saelens_record"]["sae_lens"] for r in rows.values() if "saelens_record" in r), None)
@@ -863,10 +895,11 @@ def run_benchmark(args: argparse.Namespace) -> None:
         "pairs": pairs,
         "summary": {**summary, **extra},
     }
-    (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
+    results_file = out / output_name(args, "results", ".json")
+    results_file.write_text(json.dumps(results, indent=1, default=str))
     print_tables(rows, pairs)
     print("\ntimings (s): " + ", ".join(f"{key} {value:.0f}" for key, value in timings.items()))
-    print(f"frontier: {out / 'frontier.png'}; results: {out / 'results.json'}")
+    print(f"frontier: {frontier}; results: {results_file}")
     print(result_line(summary, extra))
 
 

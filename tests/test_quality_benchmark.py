@@ -1,6 +1,8 @@
 """benchmarks/quality_vs_saelens.py: its pure helpers (batch order, pairing, frontier interpolation, RESULT line)."""
 
+import argparse
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,6 +16,9 @@ from benchmarks.quality_vs_saelens import (
     interpolate_fvu,
     learning_rates,
     norm_cap,
+    our_configs,
+    ours_folder,
+    output_name,
     pair_up,
     result_line,
     split_by_norm,
@@ -159,3 +164,20 @@ def test_each_tool_keeps_the_learning_rate_nearest_its_target_then_healthy_then_
     # neither is within 5% of L0 32: the closer one, though its FVU is worse and a quarter of it is dead
     assert best["saelens/jumprelu-k32"] is rows_by_lr[1e-2]["saelens/jumprelu-k32"]
     assert best["ours/vaease"] is rows_by_lr[1e-2]["ours/vaease"]  # no target L0: the lowest FVU
+
+
+def test_a_race_of_some_families_trains_only_them_into_its_own_folder():
+    every = argparse.Namespace(families=["topk", "batchtopk", "matryoshka", "jumprelu"], ks=[16, 32], width=64)
+    some = argparse.Namespace(families=["jumprelu"], ks=[16, 32], width=64)
+    assert sorted(our_configs(every, d=8)) == sorted(
+        [f"{f}-k{k}" for f in every.families for k in every.ks] + ["vaease", "wsae"]
+    )
+    jumprelus = our_configs(some, d=8)
+    assert sorted(jumprelus) == ["jumprelu-k16", "jumprelu-k32"]
+    assert jumprelus["jumprelu-k32"].target_l0 == 32.0
+    run = Path("runs/x")
+    assert (ours_folder(every, run), ours_folder(some, run)) == (run / "ours", run / "ours-jumprelu")
+    assert (output_name(every, "results", ".json"), output_name(some, "results", ".json")) == (
+        "results.json",
+        "results-jumprelu.json",
+    )
