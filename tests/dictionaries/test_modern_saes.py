@@ -196,6 +196,30 @@ def test_jumprelu_direct_thresholds_stay_non_negative_and_log_ones_are_saved_as_
     torch.testing.assert_close(log_model.threshold, torch.full((KAPPA,), 0.25))
 
 
+@pytest.mark.parametrize("parameterization", ["direct", "log"])
+def test_jumprelu_with_a_target_starts_each_latent_firing_on_its_share_of_the_sample(parameterization):
+    """No initial_threshold and target_l0 = 6 of κ = 64: after the encoder is scaled to the data,
+    every latent's θ is set so that it fires on 6/64 of the preparation sample (60 of 640 vectors),
+    so the run starts at L0 6."""
+    model = model_for("jumprelu", target_l0=6.0, threshold_parameterization=parameterization)
+    x = sparse_data(640)
+    model.prepare(x)
+    with torch.no_grad():
+        fires = model._pre_activations(x * model.input_scale) > model.threshold
+    per_latent = fires.sum(dim=0)
+    assert int(per_latent.min()) >= 59 and int(per_latent.max()) <= 61  # ±1: the matmul's rounding at θ
+    assert abs(float(fires.sum(dim=1).float().mean()) - 6.0) < 0.1
+
+
+def test_jumprelu_initial_threshold_is_kept_when_given_or_without_a_target():
+    given = model_for("jumprelu", target_l0=6.0, initial_threshold=0.3)
+    no_target = model_for("jumprelu")
+    for model in (given, no_target):
+        model.prepare(sparse_data(640))
+    assert torch.equal(given.threshold, torch.full((KAPPA,), 0.3))
+    assert torch.equal(no_target.threshold, torch.full((KAPPA,), 0.001))  # the paper's
+
+
 def test_jumprelu_sparsity_is_linear_or_quadratic_around_a_target():
     l0 = torch.tensor([10.0, 4.0])  # per vector
     model = model_for("jumprelu", l0_coefficient=2.0)
