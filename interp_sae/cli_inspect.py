@@ -62,6 +62,12 @@ def inspect(
         _INSPECT.cofiring_tokens, help="Vectors of the inspected split over which co-firing is counted."
     ),
     batch_size: int = typer.Option(_INSPECT.batch_size, help="Vectors per batch of the statistics pass."),
+    include_long_vectors: bool = typer.Option(
+        _INSPECT.include_long_vectors,
+        "--include-long-vectors",
+        help="Also inspect the vectors longer than the norm cap the dictionary was trained under (train "
+        "--max-norm-ratio; massive activations it never saw, left out by default and counted).",
+    ),
     device: str = typer.Option("auto", help="auto (cuda when present), cpu, cuda, ..."),
     allow_other_store: bool = typer.Option(False, "--allow-other-store", help=ALLOW_OTHER_STORE_HELP),
     allow_other_hook: bool = typer.Option(False, "--allow-other-hook", help=ALLOW_OTHER_HOOK_HELP),
@@ -96,10 +102,19 @@ def inspect(
             cofiring_tokens=cofiring_tokens,
             ablate=list(ablate),
             ablation_mode=ablation_mode,
+            include_long_vectors=include_long_vectors,
         )
         results = run_inspect(opened, loaded, hook, config, lm=lm, dictionary_path=str(dictionary), **allowed)
         json_path, report_path = write_inspection(results, out), write_report(results, out)
-    typer.echo(f"{results['n_features']} features over {results['tokens']:,} tokens → {json_path}, {report_path}")
+    left_out = (
+        f" ({results['tokens_left_out']:,} longer than the dictionary's norm cap left out; --include-long-vectors "
+        "keeps them)"
+        if results["tokens_left_out"]
+        else ""
+    )
+    typer.echo(
+        f"{results['n_features']} features over {results['tokens']:,} tokens{left_out} → {json_path}, {report_path}"
+    )
     if results["downstream"]:
         typer.echo(f"fraction of loss recovered: {results['downstream']['fraction_recovered']}")
 
@@ -234,7 +249,8 @@ def _feature_means(dictionary, inspected, store, hook, split):
         return torch.tensor([f["mean"] for f in inspected["features"]])
     if store is None:
         raise ConfigError("--mode mean needs the features' means: pass --inspection (an `inspect` output) or --store")
-    return feature_statistics(store, dictionary, hook, side="train", split=split, top_k=0).mean
+    cap = dictionary.metadata.get("max_input_norm")  # positions above it are not ablated (splice.zero_hook)
+    return feature_statistics(store, dictionary, hook, side="train", split=split, top_k=0, max_norm=cap).mean
 
 
 def register(app: typer.Typer) -> None:

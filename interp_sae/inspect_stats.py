@@ -61,6 +61,7 @@ class FeatureStatistics:
     """The pass's result; tensors are on the CPU, indexed by feature."""
 
     tokens: int  # vectors seen
+    left_out: int  # vectors longer than the pass's max_norm, not seen
     rank_by: str
     fire_count: torch.Tensor  # int64 [κ]
     sum: torch.Tensor  # float64 [κ], over all tokens
@@ -169,7 +170,7 @@ class FeatureAccumulator:
                 self.sample_keys, cols, pack_keys(_uniform_hash(indices[rows], cols), indices[rows])
             )
 
-    def result(self) -> FeatureStatistics:
+    def result(self, left_out: int = 0) -> FeatureStatistics:
         keys = self.keys.cpu()
         scores, indices = unpack_keys(keys)
         filled = keys != _SENTINEL
@@ -177,6 +178,7 @@ class FeatureAccumulator:
         _, sampled = unpack_keys(sample_keys)
         return FeatureStatistics(
             tokens=self.tokens,
+            left_out=left_out,
             rank_by=self.rank_by,
             fire_count=self.fire_count.cpu(),
             sum=self.sum.cpu(),
@@ -240,16 +242,26 @@ def feature_statistics(
     rank_by: str | None = None,
     batch_size: int = 4096,
     sample_k: int = 0,
+    max_norm: float | None = None,
 ) -> FeatureStatistics:
-    """The streaming pass over one side of `store`'s split at `hook`, on the dictionary's device."""
+    """The streaming pass over one side of `store`'s split at `hook`, on the dictionary's device,
+    without the vectors longer than `max_norm` (None: every vector), which it counts as left out."""
     if len(store) > _LOW_MASK:
         raise ConfigError(f"the store holds {len(store):,} vectors; top-k keys address at most {_LOW_MASK:,}")
     rank_by = resolve_rank_by(dictionary, rank_by)
     device = dictionary.decoder.weight.device
     acc = FeatureAccumulator(dictionary.config.n_latents, top_k, rank_by, device, dictionary.rank_scores, sample_k)
+    left_out = 0
     for x, indices in split_batches(store, hook, side, split or Split(), batch_size, device):
+        if max_norm is not None:
+            kept = ~(x.norm(dim=-1) > max_norm)
+            left_out += len(kept) - int(kept.sum())
+            x, indices = x[kept], indices[kept]
+            if len(x) == 0:
+                continue
         features, fires, auxiliary = dictionary.inspection_batch(x)
         acc.update(features, fires, indices, auxiliary)
     if acc.tokens == 0:
-        raise ConfigError(f"the {side!r} side of {store.root}'s split holds no vectors")
-    return acc.result()
+        longer = f" ({left_out:,} left out as longer than {max_norm:g})" if left_out else ""
+        raise ConfigError(f"the {side!r} side of {store.root}'s split holds no vectors{longer}")
+    return acc.result(left_out)

@@ -62,6 +62,12 @@ class InspectConfig:
     """Neighbours listed per feature, by decoder cosine and by co-firing (0 = none)."""
     cofiring_tokens: int = 65536
     """Vectors of the split over which co-firing is counted."""
+    include_long_vectors: bool = False
+    """A dictionary trained with a norm cap (`max_input_norm`, from TrainConfig.max_norm_ratio)
+    never saw the vectors longer than it (massive activations, such as some documents' first
+    token): on them its features take off-distribution values that would fill the top examples.
+    They are left out of the statistics, examples and co-firing, and counted (`tokens_left_out`);
+    True keeps them. No effect on a dictionary without a cap."""
 
 
 def inspect(
@@ -84,6 +90,7 @@ def inspect(
     config = dataclasses.replace(config, rank_by=resolve_rank_by(dictionary, config.rank_by))
     if lm is not None:
         dictionary = dictionary.to(lm.device)
+    max_norm = None if config.include_long_vectors else dictionary.metadata.get("max_input_norm")
     stats = feature_statistics(
         store,
         dictionary,
@@ -94,6 +101,7 @@ def inspect(
         rank_by=config.rank_by,
         batch_size=config.batch_size,
         sample_k=3 * config.quantile_examples,
+        max_norm=max_norm,
     )
     tokenizer = store.tokenizer()
     # Top and sampled examples in one pass, so each shard is read once.
@@ -105,7 +113,7 @@ def inspect(
     for record, examples in zip(features, sampled):
         record["activation_quantiles"] = quantile_sections(examples, stats.rank_by, config.quantile_examples)
     if config.neighbours:
-        add_neighbours(features, store, dictionary, hook, config, split)
+        add_neighbours(features, store, dictionary, hook, config, split, max_norm)
     downstream = None
     if lm is not None:
         for record, effects in zip(features, logit_effects(lm, dictionary.feature_directions, config.logit_top_n)):
@@ -139,6 +147,8 @@ def inspect(
         "d": dictionary.config.d,
         "n_features": dictionary.config.n_latents,
         "tokens": stats.tokens,
+        "max_norm": max_norm,
+        "tokens_left_out": stats.left_out,
         "config": dataclasses.asdict(config),
         "histogram_edges": HISTOGRAM_EDGES,
         "downstream": downstream,
@@ -179,11 +189,20 @@ def quantile_sections(examples: list[dict], rank_by: str, per_section: int) -> l
 
 
 def add_neighbours(
-    features: list[dict], store: ActivationStore, dictionary: Dictionary, hook: str, config: InspectConfig, split: Split
+    features: list[dict],
+    store: ActivationStore,
+    dictionary: Dictionary,
+    hook: str,
+    config: InspectConfig,
+    split: Split,
+    max_norm: float | None = None,
 ) -> None:
-    """Each feature record gains `neighbours`: by decoder cosine and by co-firing on the inspected side."""
+    """Each feature record gains `neighbours`: by decoder cosine and by co-firing on the inspected
+    side (without the vectors longer than `max_norm`)."""
     by_direction = decoder_neighbours(dictionary, config.neighbours)
-    counted = co_firing(store, dictionary, hook, side=config.split, split=split, max_tokens=config.cofiring_tokens)
+    counted = co_firing(
+        store, dictionary, hook, side=config.split, split=split, max_tokens=config.cofiring_tokens, max_norm=max_norm
+    )
     by_firing = counted.neighbours(dictionary.config.n_latents, config.neighbours)
     for record, direction, firing in zip(features, by_direction, by_firing):
         record["neighbours"] = {"decoder": direction, "cofiring": firing, "cofiring_tokens": counted.tokens}

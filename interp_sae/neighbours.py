@@ -18,6 +18,7 @@ import torch
 
 from activation_cache import ActivationStore, Split
 from dictionaries import Dictionary
+from dictionaries.data import within_norm
 from interp_sae.inspect_stats import split_batches
 
 _SIMILARITY_CHUNK = 1024  # features per [chunk, κ] block of cosines
@@ -80,16 +81,20 @@ def co_firing(
     max_tokens: int = 65536,
     max_pairs: int = 50_000_000,
     batch_size: int = 4096,
+    max_norm: float | None = None,
 ) -> CoFiring:
-    """Count, over at most `max_tokens` vectors of one side of the split, how often each ordered
-    pair of features fires on the same token (see module docstring)."""
+    """Count, over at most `max_tokens` vectors of one side of the split (none longer than
+    `max_norm`), how often each ordered pair of features fires on the same token (see module
+    docstring)."""
     device = dictionary.decoder.weight.device
     n_features = dictionary.config.n_latents
     keys = torch.zeros(0, dtype=torch.int64)
     counts = torch.zeros(0, dtype=torch.int64)
     tokens = pairs_seen = 0
     for x, _ in split_batches(store, hook, side, split, batch_size, device):
-        x = x[: max_tokens - tokens]
+        x = within_norm(x, max_norm)[: max_tokens - tokens]
+        if len(x) == 0:  # every vector of the batch was longer than max_norm
+            continue
         fires = dictionary.inspection_batch(x)[1]
         batch_keys = _pair_keys(fires, n_features)
         unique, batch_counts = batch_keys.unique(return_counts=True)

@@ -117,3 +117,39 @@ def test_width_mismatch_names_both_widths_and_the_fix(tiny_store):
     narrow = D.create(D.make_config("sae_l1", d=16, n_latents=8), seed=0)
     with pytest.raises(ValueError, match=r"d=16.*d=32.*--hook"):
         resolve(narrow, tiny_store, HOOK)
+
+
+def test_vectors_longer_than_the_dictionarys_norm_cap_are_left_out_and_counted(tiny_store, sae):
+    """A dictionary trained under a norm cap never saw the longer vectors: inspection leaves them out
+    of the statistics, the top examples and co-firing (same results as on the kept vectors alone),
+    counts them, and keeps them with include_long_vectors."""
+    from interp_sae.inspector import InspectConfig, inspect
+    from interp_sae.neighbours import co_firing
+
+    batches = list(split_batches(tiny_store, HOOK, "validation", Split(), 100, torch.device("cpu")))
+    x, indices = torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
+    norms = x.norm(dim=-1)
+    cap = float(norms.median())
+    kept = ~(norms > cap)
+    features, fires, _ = sae.inspection_batch(x[kept])
+
+    stats = feature_statistics(tiny_store, sae, HOOK, side="validation", top_k=5, batch_size=100, max_norm=cap)
+    assert (stats.tokens, stats.left_out) == (int(kept.sum()), int((~kept).sum()))
+    assert stats.left_out > 0
+    assert streamed(stats) == brute_force_top_k(sae.rank_scores("abs", features, None), fires, indices[kept], 5)
+    assert torch.equal(stats.fire_count, fires.sum(0))
+    assert co_firing(tiny_store, sae, HOOK, side="validation", split=Split(), max_norm=cap).tokens == int(kept.sum())
+
+    sae.metadata["max_input_norm"] = cap
+    try:
+        capped = inspect(tiny_store, sae, config=InspectConfig(top_k=5, neighbours=0, quantile_examples=0))
+        every = inspect(
+            tiny_store, sae, config=InspectConfig(top_k=5, neighbours=0, quantile_examples=0, include_long_vectors=True)
+        )
+    finally:
+        del sae.metadata["max_input_norm"]
+    assert (capped["max_norm"], capped["tokens_left_out"], capped["tokens"]) == (cap, stats.left_out, stats.tokens)
+    assert (every["max_norm"], every["tokens_left_out"], every["tokens"]) == (None, 0, len(indices))
+    long_ones = set(indices[~kept].tolist())
+    assert not any(e["index"] in long_ones for f in capped["features"] for e in f["top_examples"])
+    assert any(e["index"] in long_ones for f in every["features"] for e in f["top_examples"])
