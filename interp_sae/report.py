@@ -145,6 +145,13 @@ def _summary_line(results: dict[str, Any]) -> str:
     return "loss recovered: not computed (no model given)"
 
 
+def _left_out(results: dict[str, Any]) -> str:
+    """How many vectors over the dictionary's norm cap were left out (files before it: none said)."""
+    if not results.get("tokens_left_out"):
+        return ""
+    return f" ({results['tokens_left_out']:,} longer than the training norm cap {results['max_norm']:.4g} left out)"
+
+
 def _title(results: dict[str, Any]) -> str:
     return f"{results['architecture']} · {results['hook']} · {results['n_features']} features"
 
@@ -164,7 +171,7 @@ def render_index(results: dict[str, Any]) -> str:
 <div id="list-wrap"><table id="list"><thead><tr>{columns}<th>top tokens</th></tr></thead><tbody></tbody></table>
 <button id="more" hidden></button></div></div>
 <div id="main-wrap"><div id="head"><b>{title}</b>
-<span class="meta"> · {results["tokens"]:,} tokens of {html.escape(str(results["store"]))} ·
+<span class="meta"> · {results["tokens"]:,} tokens of {html.escape(str(results["store"]))}{_left_out(results)} ·
 {html.escape(_summary_line(results))}. Loss effect: estimated Δ loss per token if the feature is zero-ablated.</span></div>
 <iframe id="page" title="feature"></iframe></div>
 <script type="application/json" id="summary">{_json_for_script([_summary_row(f) for f in results["features"]])}</script>

@@ -153,3 +153,7 @@ def test_vectors_longer_than_the_dictionarys_norm_cap_are_left_out_and_counted(t
     long_ones = set(indices[~kept].tolist())
     assert not any(e["index"] in long_ones for f in capped["features"] for e in f["top_examples"])
     assert any(e["index"] in long_ones for f in every["features"] for e in f["top_examples"])
+    from interp_sae.report import render_index
+
+    assert f"({stats.left_out:,} longer than the training norm cap" in render_index(capped)
+    assert "norm cap" not in render_index(every)
