@@ -35,6 +35,7 @@ import time
 import torch
 
 import dictionaries as D
+from dictionaries.jumprelu import JumpReLU
 from interp_sae.heap import reused_heap
 from interp_sae.runtime import resolve_device
 
@@ -72,12 +73,10 @@ ROUNDS = 12  # on 2 shared cores, the best of 3 rounds' times moved a ratio by �
 
 
 @torch.no_grad()
-def fire_on_share(model: D.Dictionary, x: torch.Tensor, l0: int) -> None:
-    """Set a JumpReLU's θ_j just under latent j's r largest pre-activations on x [B, d], r = l0/κ · B,
-    so the batch's L0 is about l0, as after training to target_l0 = l0 (lr 1e-4 keeps it there)."""
-    pre = model.encoder(x * model.input_scale - model.decoder.bias)
-    rank = min(x.shape[0] - 1, max(1, round(x.shape[0] * l0 / pre.shape[1])))
-    model.threshold_parameter.copy_(pre.kthvalue(x.shape[0] - rank, dim=0).values.clamp(min=0))
+def fire_on_share(model: JumpReLU, x: torch.Tensor, l0: int) -> None:
+    """Set a JumpReLU's θ so that each latent fires on a share l0/κ of x [B, d], so the batch's L0 is
+    about l0, as after training to target_l0 = l0 (lr 1e-4 keeps it there)."""
+    model.set_threshold(model.thresholds_for_firing_rate(x * model.input_scale, l0 / model.config.n_latents))
 
 
 def modern_over_topk_aux(d: int, kappa: int, batch: int, device: torch.device, repeats: int) -> dict[str, float]:
@@ -87,7 +86,7 @@ def modern_over_topk_aux(d: int, kappa: int, batch: int, device: torch.device, r
     steps = {}
     for arch in ("topk_aux", *MODERN):
         model = D.create(D.make_config(arch, d=d, n_latents=kappa), seed=0).to(device)
-        if arch == "jumprelu":
+        if isinstance(model, JumpReLU):
             fire_on_share(model, x, L0)
             print(
                 f"jumprelu κ={kappa}: thresholds set for L0 {float((model.encode(x) != 0).sum(-1).float().mean()):.1f}"

@@ -178,7 +178,7 @@ class JumpReLU(AuxKSAE):
         initial = config.initial_threshold or PAPER_INITIAL_THRESHOLD
         self._threshold_name = "log_threshold" if config.threshold_parameterization == "log" else "threshold"
         self.register_parameter(self._threshold_name, nn.Parameter(torch.empty(config.n_latents)))
-        self._set_threshold(torch.full((config.n_latents,), initial))
+        self.set_threshold(torch.full((config.n_latents,), initial))
 
     @property
     def threshold_parameter(self) -> nn.Parameter:
@@ -196,7 +196,8 @@ class JumpReLU(AuxKSAE):
         return self.threshold_parameter
 
     @torch.no_grad()
-    def _set_threshold(self, threshold: torch.Tensor) -> None:
+    def set_threshold(self, threshold: torch.Tensor) -> None:
+        """θ := `threshold` [κ] (normalised units), clamped to θ ≥ 0 ("direct") or θ > 0 ("log")."""
         if self.config.threshold_parameterization == "log":
             self.threshold_parameter.copy_(threshold.clamp(min=torch.finfo(threshold.dtype).tiny).log())
         else:
@@ -214,9 +215,10 @@ class JumpReLU(AuxKSAE):
         scale_encoder_to_data(self, self.encoder, xn)
         if cfg.initial_threshold is None and cfg.target_l0 is not None:
             rate = cfg.target_l0 / cfg.n_latents
-            self._set_threshold(self._thresholds_for_firing_rate(xn[:THRESHOLD_INIT_VECTORS], rate))
+            self.set_threshold(self.thresholds_for_firing_rate(xn[:THRESHOLD_INIT_VECTORS], rate))
 
-    def _thresholds_for_firing_rate(self, xn: torch.Tensor, rate: float) -> torch.Tensor:
+    @torch.no_grad()
+    def thresholds_for_firing_rate(self, xn: torch.Tensor, rate: float) -> torch.Tensor:
         """θ [κ]: per latent, the value its pre-activation exceeds on a fraction `rate` of `xn`
         (at least one vector, never all), computed a block of latents at a time."""
         n = xn.shape[0]
