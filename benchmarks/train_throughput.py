@@ -21,7 +21,8 @@ profiler, the ops with the most self time on the device), to find what keeps it 
 fraction of peak = step FLOPs / step time / peak of the same precision. fp32 on a GPU means
 full fp32 (TF32 off), so the peak and the step are measured the same way. Steps run as
 `dictionaries.train` runs them, with freed memory kept for the next step (`interp_sae.heap`); the
-modern-SAE lines also print the minor page faults per step.
+modern-SAE lines also print the minor page faults per step. `auxk_active_over_none_dead`: topk_aux's
+step with 1% of its latents dead (AuxK active) ÷ with none.
 """
 
 from __future__ import annotations
@@ -110,6 +111,35 @@ def modern_over_topk_aux(d: int, kappa: int, batch: int, device: torch.device, r
     }
 
 
+DEAD_SHARE = 0.01  # of the latents kept dead for `auxk_cost`
+
+
+def auxk_cost(d: int, kappa: int, batch: int, device: torch.device, repeats: int) -> dict[str, float]:
+    """topk_aux's step with 1% of its latents dead (AuxK active: one more sparse decode, of at most
+    that many candidates per vector) ÷ its step with none dead, timed in alternation (median of
+    ROUNDS rounds). The other ratios here time steps with no dead latent."""
+    x = torch.randn(batch, d, device=device)
+    window = 10 * batch  # the others, reset before each step, cannot die in it
+    model = D.create(D.make_config("topk_aux", d=d, n_latents=kappa, dead_after_tokens=window), seed=0).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, fused=device.type == "cuda")
+    step = functools.partial(D.training_step, model, optimizer, x, torch.Generator(device).manual_seed(0))
+    dead = torch.arange(0, kappa, round(1 / DEAD_SHARE), device=device)
+
+    def with_dead() -> None:
+        model.tokens_since_fired.zero_()
+        model.tokens_since_fired[dead] = window  # dead before this step, whether or not they fired in the last
+        step()
+
+    def none_dead() -> None:
+        model.tokens_since_fired.zero_()
+        step()
+
+    rounds = [timed(none_dead, device, repeats) / timed(with_dead, device, repeats) for _ in range(ROUNDS)]
+    ratio = statistics.median(rounds)
+    print(f"κ={kappa} topk_aux steps/s with {len(dead)} dead latents (AuxK active) ÷ with none: {ratio:.2f}")
+    return {"auxk_active_over_none_dead": round(ratio, 3)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--small", action="store_true", help="CPU sizes on any device: batch 256, κ ∈ {1024, 4096}")
@@ -161,6 +191,7 @@ def measure(args: argparse.Namespace) -> None:
                 results[f"{arch}_k{kappa}_{precision}_frac_peak"] = round(fraction, 3)
                 del model, optimizer
     results |= modern_over_topk_aux(args.d, kappas[-1], batch, device, repeats)
+    results |= auxk_cost(args.d, kappas[-1], batch, device, repeats)
     if args.race_size:
         race = modern_over_topk_aux(576, 2048, 4096, device, 1)
         results |= {f"race_size_{name}": ratio for name, ratio in race.items()}

@@ -22,8 +22,9 @@ would depend on the scale of the data. Deliberate choices:
 - "fired" means a non-zero activation in the batch's code (OpenAI counts values > 1e-3);
 - no sparsify-style down-weighting when fewer than `aux_k` latents are dead.
 The dense path (`_aux_loss`) stays on the device with no host synchronisation; the sparse path
-(`_sparse_training_code`, `_sparse_aux_loss`) reads one flag per step to skip AuxK while no latent
-can be dead.
+(`_sparse_training_code`, `_sparse_aux_loss`) reads one count per step: it skips AuxK while no
+latent can be dead, and takes at most that many candidates per vector (the same loss: the other
+top-k slots would be zeros).
 """
 
 from __future__ import annotations
@@ -208,15 +209,18 @@ class AuxKSAE(Dictionary):
         cfg = self.config
         tokens = xn.shape[0] if self.training else 0
         maybe_dead = self.tokens_since_fired + tokens >= self.dead_window  # unless they fire now
-        aux_mask = maybe_dead if cfg.aux_coefficient > 0 and bool(maybe_dead.any()) else None
+        n_maybe_dead = int(maybe_dead.sum()) if cfg.aux_coefficient > 0 else 0  # the one host sync
+        # At most as many AuxK candidates per vector as latents may be dead: beyond those, top-k
+        # slots hold only zeros, which cost as much to decode as real entries (aux_k 512 with one
+        # dead latent made a step 7x slower).
         code = sparse_encode_with_aux(
             xn - self.decoder.bias,
             self.encoder.weight,
             self.encoder.bias,
             selection,
             threshold,
-            aux_mask,
-            cfg.aux_k,
+            maybe_dead if n_maybe_dead else None,
+            min(cfg.aux_k, max(n_maybe_dead, 1)),
             pre=pre,
         )
         fired = fired_latents(code.values, code.indices, cfg.n_latents)

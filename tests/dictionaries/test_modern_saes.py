@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import dictionaries as D
+import dictionaries.auxk as auxk_module
 import dictionaries.jumprelu as jumprelu_module
 from dictionaries.auxk import AuxKSAE, auxk_loss
 from dictionaries.jumprelu import jumprelu_ste, step_ste
@@ -416,11 +417,22 @@ def test_dense_at_first_dictionaries_start_reconstructing_at_the_data_scale(name
     torch.testing.assert_close(model.decoder.bias, x.mean(0))
 
 
+@pytest.mark.parametrize("aux_k", [6, 512])
 @pytest.mark.parametrize("name", ["topk_aux", "batchtopk", "matryoshka"])
-def test_sparse_training_step_equals_the_dense_computation(name):
+def test_sparse_training_step_equals_the_dense_computation(name, aux_k, monkeypatch):
     """The TopK family trains through the sparse path: the same loss terms, gradients, firing
-    counters and θ as the dense definition, with some latents dead (AuxK active)."""
-    fields = {"k": K, "dead_after_tokens": 64, "aux_k": 6}
+    counters and θ as the dense definition, with some latents dead (AuxK active). With aux_k
+    above the number of latents that may be dead, the sparse path asks for only that many AuxK
+    candidates per vector, and still computes the dense definition's loss."""
+    asked = []
+    encode = auxk_module.sparse_encode_with_aux
+
+    def spied(*args, **kwargs):
+        asked.append((args[5], args[6]))  # (aux_mask, aux_k)
+        return encode(*args, **kwargs)
+
+    monkeypatch.setattr(auxk_module, "sparse_encode_with_aux", spied)
+    fields = {"k": K, "dead_after_tokens": 64, "aux_k": aux_k}
     if name == "matryoshka":
         fields["prefixes"] = [8, 32]
     model = D.create(D.make_config(name, d=d, n_latents=KAPPA, **fields), seed=0)
@@ -453,7 +465,9 @@ def test_sparse_training_step_equals_the_dense_computation(name):
     expected = {f"recon_prefix_{p}": ((xb - r) ** 2).sum(-1).mean() for p, r in zip(prefixes[:-1], reconstructions)}
     expected["recon"] = ((xb - reconstructions[-1]) ** 2).sum(-1).mean()
     variance = ((xb - xb.mean(0)) ** 2).sum(-1).mean()
-    expected["aux"] = m.config.aux_coefficient * variance * auxk_loss(pre, xb - reconstructions[-1], W, dead, 6)
+    expected["aux"] = m.config.aux_coefficient * variance * auxk_loss(pre, xb - reconstructions[-1], W, dead, aux_k)
+    aux_mask, asked_k = asked[-1]
+    assert asked_k == min(aux_k, int(aux_mask.sum())) and bool(dead.any())
     assert list(terms) == list(expected)
     for key in expected:
         torch.testing.assert_close(terms[key], expected[key])
