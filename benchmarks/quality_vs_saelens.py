@@ -508,22 +508,27 @@ def our_configs(args: argparse.Namespace, d: int) -> dict[str, Any]:
     return configs
 
 
+def every_family(args: argparse.Namespace) -> bool:
+    """A run of every family (the default), rather than of some (`--families`)."""
+    return set(args.families) == set(FAMILIES)
+
+
 def plot_only(args: argparse.Namespace) -> dict[str, dict]:
     """Our other families, trained for the plot only in a run of every family."""
-    return PLOT_ONLY if set(args.families) == set(FAMILIES) else {}
+    return PLOT_ONLY if every_family(args) else {}
 
 
 def ours_folder(args: argparse.Namespace, run: Path) -> Path:
     """Our training run: `ours` with every family; a run of some families (`--families`) trains into
     its own folder, so that changing one family's recipe retrains only that family."""
-    if set(args.families) == set(FAMILIES):
+    if every_family(args):
         return run / "ours"
     return run / ("ours-" + "-".join(args.families))
 
 
 def output_name(args: argparse.Namespace, stem: str, suffix: str) -> str:
     """results.json / frontier.png, tagged with the families when not all of them run."""
-    if set(args.families) == set(FAMILIES):
+    if every_family(args):
         return stem + suffix
     return f"{stem}-{'-'.join(args.families)}{suffix}"
 

@@ -78,7 +78,12 @@ class TensorBatchSource:
 def within_norm(x: torch.Tensor, max_norm: float | None) -> torch.Tensor:
     """The rows of `x` [B, d] not longer than `max_norm`, in order (all of them for None); rows
     whose norm is NaN stay, so that whatever reads them still sees them."""
-    return x if max_norm is None else x[~(x.norm(dim=-1) > max_norm)]
+    return x if max_norm is None else x[within_norm_mask(x, max_norm)]
+
+
+def within_norm_mask(x: torch.Tensor, max_norm: float) -> torch.Tensor:
+    """[B] bool: the rows of `x` [B, d] that `within_norm` keeps."""
+    return ~(x.norm(dim=-1) > max_norm)
 
 
 class NormCappedSource:

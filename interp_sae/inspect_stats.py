@@ -39,6 +39,7 @@ import torch
 
 from activation_cache import ActivationStore, Split
 from dictionaries import Dictionary
+from dictionaries.data import within_norm_mask
 from interp_sae.errors import ConfigError
 
 RankScorer = Callable[[str, torch.Tensor, torch.Tensor | None], torch.Tensor]
@@ -254,7 +255,7 @@ def feature_statistics(
     left_out = 0
     for x, indices in split_batches(store, hook, side, split or Split(), batch_size, device):
         if max_norm is not None:
-            kept = ~(x.norm(dim=-1) > max_norm)
+            kept = within_norm_mask(x, max_norm)
             left_out += len(kept) - int(kept.sum())
             x, indices = x[kept], indices[kept]
             if len(x) == 0:
